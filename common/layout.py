@@ -1,0 +1,64 @@
+"""Where things live: the /test_data tree, the results dir, and the safe-path rule."""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path, PurePosixPath
+
+from common.errors import UnsafePathError
+
+DEFAULT_TEST_DATA = Path("/test_data")
+DEFAULT_RESULTS = Path("/results")
+MANIFEST_NAME = "manifest.json"
+# Our own bookkeeping inside a destination tree (sync state, partial downloads, status).
+STATE_DIR_NAME = ".airgap-eval"
+BUNDLE_MARKER = "dataset_dict.json"
+TOKENIZER_DIR_NAME = "tokenizer"
+STATUS_NAME = "status.json"
+DONE_MARKER = "done"
+UPLOADED_MARKER = "uploaded"
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def validate_relative_key(rel: str) -> PurePosixPath:
+    """Check that an object key (relative to its prefix) names a plain path below the prefix.
+
+    Refuses empty names, absolute paths, `..` and `.` components, backslashes and control
+    characters: the names an archive or bucket can use to escape a destination.
+    """
+    if not rel or rel.startswith("/") or "\\" in rel:
+        raise UnsafePathError(
+            f"object key {rel!r} is not a plain relative path",
+            "remove or rename the object in the bucket; keys must be relative paths "
+            "without '..', '\\' or a leading '/'",
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        raise UnsafePathError(
+            f"object key {rel!r} contains control characters",
+            "rename the object in the bucket",
+        )
+    parts = rel.split("/")
+    if any(p in ("..", ".") for p in parts) or posixpath.normpath(rel) != rel.rstrip("/"):
+        raise UnsafePathError(
+            f"object key {rel!r} has '.', '..' or empty components and could resolve "
+            "outside the destination",
+            "remove or rename the object in the bucket",
+        )
+    return PurePosixPath(rel)
+
+
+def safe_join(dest: Path, rel: str) -> Path:
+    """Join `rel` under `dest`, refusing anything that resolves outside `dest`.
+
+    The check runs on resolved paths (symlinks followed) with `is_relative_to`: a string
+    prefix check would let `/test_data2` through for `/test_data`.
+    """
+    key = validate_relative_key(rel)
+    root = dest.resolve()
+    target = (root / key).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise UnsafePathError(
+            f"object key {rel!r} resolves to {target}, outside {root} (through a symlink?)",
+            f"remove the symlink inside {root} or rename the object",
+        )
+    return target

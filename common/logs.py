@@ -1,0 +1,99 @@
+"""Logging for all images: one format, secrets redacted, progress readable in `kubectl logs`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import TextIO
+
+from tqdm import tqdm
+
+_secrets: set[str] = set()
+_MIN_SECRET = 4
+
+
+def register_secret(value: str | None) -> None:
+    """Mask this value in every log line from now on."""
+    if value and len(value) >= _MIN_SECRET:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for s in _secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        _RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose or os.environ.get("AIRGAP_EVAL_DEBUG") else logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class Progress:
+    """Items and bytes done, rate and ETA: a tqdm bar on a TTY, else a log line every
+    `interval` seconds (no carriage-return noise in `kubectl logs`)."""
+
+    def __init__(
+        self,
+        what: str,
+        total_items: int,
+        total_bytes: int,
+        interval: float = 5.0,
+        logger: logging.Logger | None = None,
+        unit: str = "files",
+    ) -> None:
+        self.what, self.unit = what, unit
+        self.total_items, self.total_bytes = total_items, total_bytes
+        self.items = self.bytes = 0
+        self.interval = interval
+        self.log = logger or logging.getLogger(what)
+        self.start = self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self._bar = (
+            tqdm(total=total_bytes, unit="B", unit_scale=True, desc=what)
+            if sys.stderr.isatty() and total_bytes
+            else None
+        )
+
+    def advance(self, items: int = 1, nbytes: int = 0) -> None:
+        with self._lock:
+            self.items += items
+            self.bytes += nbytes
+            if self._bar is not None:
+                self._bar.update(nbytes)
+            elif time.monotonic() - self._last >= self.interval:
+                self._last = time.monotonic()
+                self.log.info(self.line())
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        rate = self.bytes / elapsed
+        left = self.total_bytes - self.bytes
+        eta = f"{left / rate:.0f}s" if rate > 0 and left > 0 else "-"
+        return (
+            f"{self.items}/{self.total_items} {self.unit}, {_mb(self.bytes)}/{_mb(self.total_bytes)}, "
+            f"{_mb(rate)}/s, ETA {eta}"
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,45 @@
+"""Shared fixtures: a real S3 server (SeaweedFS) for the session, a fresh bucket per test,
+and the real benchmark rows in ../shared/benchmarks when present."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airgap_eval.localservers import SeaweedS3
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+_bucket_ids = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(s3_server: SeaweedS3) -> str:
+    name = f"test-bucket-{next(_bucket_ids)}"
+    s3_server.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def s3_env(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The server's credentials and endpoint in the env, as a pod would get them."""
+    env = s3_server.env()
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+@pytest.fixture(scope="session")
+def shared_benchmarks() -> Path:
+    if not (SHARED_BENCHMARKS / "raw" / "SOURCES.json").is_file():
+        pytest.skip(f"real benchmark rows not found at {SHARED_BENCHMARKS}")
+    return SHARED_BENCHMARKS
