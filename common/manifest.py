@@ -83,7 +83,7 @@ def entries_for(root: Path, files: Iterable[Path]) -> dict[str, FileEntry]:
 
 
 def build_manifest(root: Path, **fields: object) -> Manifest:
-    return Manifest(files=entries_for(root, iter_tree(root)), **fields)  # type: ignore[arg-type]
+    return Manifest(files=entries_for(root, iter_tree(root)), **fields)
 
 
 def mismatches(root: Path, manifest: Manifest, only: Iterable[str] | None = None) -> list[str]:

@@ -3,6 +3,7 @@ Kubernetes shows from the termination-message file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import UTC, datetime
@@ -92,7 +93,5 @@ def read_status(path: Path) -> StatusRecord | None:
 def write_termination_message(text: str, path: Path = TERMINATION_LOG) -> None:
     """Kubernetes shows this file in `kubectl describe pod`; absent outside a pod."""
     if path.exists():
-        try:
+        with contextlib.suppress(OSError):
             path.write_text(text[:_TERMINATION_LIMIT])
-        except OSError:
-            pass
