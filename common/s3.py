@@ -77,18 +77,7 @@ def translate(exc: Exception, conn: S3Connection, bucket: str, what: str) -> Air
     if isinstance(exc, bx.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        if code in _AUTH_CODES or status in ("401", "403"):
-            return AuthError(
-                f"{where} refused the credentials while {what} ({code or status})",
-                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (env or secret files) and "
-                f"that they may read and write bucket {bucket!r}",
-            )
-        if code in _NOT_FOUND_CODES or status == "404":
-            return NotFoundError(
-                f"bucket or key not found while {what}: s3://{bucket} ({code or status})",
-                "check the bucket name (TEST_DATA_S3_BUCKET / --bucket / --dest) and the endpoint",
-            )
-        return AirgapError(f"S3 error while {what}: {code} {exc}", "check the S3 server logs")
+        return error_for_code(code, status, str(exc), conn, bucket, what)
     if isinstance(exc, bx.NoCredentialsError):
         return ConfigError(
             f"no S3 credentials found while {what}",
@@ -108,6 +97,25 @@ def translate(exc: Exception, conn: S3Connection, bucket: str, what: str) -> Air
             "CA set AWS_CA_BUNDLE",
         )
     return AirgapError(f"S3 failure while {what}: {type(exc).__name__}: {exc}")
+
+
+def error_for_code(
+    code: str, status: str, detail: str, conn: S3Connection, bucket: str, what: str
+) -> AirgapError:
+    """An S3 error code / HTTP status (from botocore or s5cmd) -> the typed error."""
+    where = conn.endpoint or "AWS S3"
+    if code in _AUTH_CODES or status in ("401", "403"):
+        return AuthError(
+            f"{where} refused the credentials while {what} ({code or status})",
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (env or secret files) and "
+            f"that they may read and write bucket {bucket!r}",
+        )
+    if code in _NOT_FOUND_CODES or status == "404":
+        return NotFoundError(
+            f"bucket or key not found while {what}: s3://{bucket} ({code or status})",
+            "check the bucket name (TEST_DATA_S3_BUCKET / --bucket / --dest) and the endpoint",
+        )
+    return AirgapError(f"S3 error while {what}: {code} {detail}", "check the S3 server logs")
 
 
 def folder(prefix: str) -> str:

@@ -1,0 +1,127 @@
+"""What a sync must do: every key checked before anything is written, then the files split
+into those already in place and those to fetch."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from common.errors import ConfigError, IntegrityError, UnsafePathError
+from common.layout import MANIFEST_NAME, STATE_DIR_NAME, safe_join
+from common.manifest import Manifest
+from common.s3 import S3Object
+from initcontainer.state import PARTIAL_NAME, SyncState, state_dir
+
+
+@dataclass(frozen=True)
+class Item:
+    """One object to put in place: `partial` is where it downloads, `path` where it lands."""
+
+    key: str
+    rel: str
+    size: int
+    etag: str
+    path: Path
+    partial: Path
+    sha256: str | None = None  # from the manifest, when it lists the file
+
+
+@dataclass
+class Plan:
+    items: list[Item]  # every file of the prefix
+    dirs: list[Path]  # directory markers (keys ending in '/')
+    fetch: list[Item] = field(default_factory=list)
+    rehash: list[Item] = field(default_factory=list)  # right size, sha256 not yet confirmed
+
+    @property
+    def manifest_item(self) -> Item | None:
+        return next((i for i in self.items if i.rel == MANIFEST_NAME), None)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.size for i in self.items)
+
+
+def check_keys(objects: list[S3Object], dest: Path) -> Plan:
+    """Map every key below dest, refusing the whole listing if any one is unsafe.
+
+    Runs before dest is even created: a bad key means nothing is written at all.
+    """
+    partial_root = state_dir(dest) / PARTIAL_NAME
+    items: list[Item] = []
+    dirs: list[Path] = []
+    for obj in objects:
+        if not obj.rel:
+            continue  # the marker of the prefix folder itself
+        first = obj.rel.split("/", 1)[0]
+        if first == STATE_DIR_NAME:
+            raise UnsafePathError(
+                f"object key {obj.key!r} collides with sync's own state dir {STATE_DIR_NAME}/",
+                "rename or remove the object in the bucket",
+            )
+        path = safe_join(dest, obj.rel)
+        if obj.rel.endswith("/"):
+            if obj.size:
+                raise UnsafePathError(
+                    f"object key {obj.key!r} ends in '/' but holds {obj.size} bytes",
+                    "rename the object: a key ending in '/' can only be a folder marker",
+                )
+            dirs.append(path)
+        else:
+            items.append(Item(obj.key, obj.rel, obj.size, obj.etag, path, partial_root / obj.rel))
+    _refuse_file_dir_clashes(items, dirs, dest)
+    return Plan(items=items, dirs=dirs)
+
+
+def _refuse_file_dir_clashes(items: list[Item], dirs: list[Path], dest: Path) -> None:
+    """`a` and `a/b` cannot both exist on a filesystem."""
+    parents = set(dirs)
+    for item in items:
+        parents.update(item.path.parents)
+    for item in items:
+        if item.path in parents:
+            raise ConfigError(
+                f"object {item.key!r} is both a file and a folder in the prefix",
+                "remove either the object or the objects below it from the bucket",
+            )
+
+
+def apply_manifest(plan: Plan, manifest: Manifest, source: str) -> None:
+    """Attach the expected sha256 to each item; refuse a prefix that disagrees with it."""
+    by_rel = {i.rel: i for i in plan.items}
+    missing = sorted(set(manifest.files) - set(by_rel))
+    if missing:
+        raise IntegrityError(
+            f"manifest.json lists {len(missing)} file(s) absent from {source}, e.g. {missing[0]!r}",
+            "upload the missing files or restage the tree (airgap-eval stage)",
+        )
+    for n, item in enumerate(plan.items):
+        entry = manifest.files.get(item.rel)
+        if entry is None:
+            continue
+        if entry.size != item.size:
+            raise IntegrityError(
+                f"{item.rel}: object size {item.size} != manifest {entry.size} in {source}",
+                "re-upload the file or restage the tree: the bucket and its manifest differ",
+            )
+        plan.items[n] = replace(item, sha256=entry.sha256)
+
+
+def decide(plan: Plan, state: SyncState) -> None:
+    """Split items into in place (skipped), rehash (cheaper than a download) and fetch."""
+    plan.fetch, plan.rehash = [], []
+    for item in plan.items:
+        try:
+            st = os.stat(item.path)
+        except (FileNotFoundError, NotADirectoryError):
+            plan.fetch.append(item)
+            continue
+        if state.is_current(item.rel, item.size, item.etag, st):
+            known = state.entries[item.rel].sha256
+            if item.sha256 is None or known == item.sha256:
+                continue
+        if item.sha256 is not None and st.st_size == item.size:
+            plan.rehash.append(item)
+        else:
+            plan.fetch.append(item)

@@ -1,0 +1,173 @@
+"""The s5cmd binary: list a prefix, and copy many objects in one process whose `--json`
+lines are read as they stream, so each file can be verified and placed as soon as it lands.
+Its error lines become the same typed errors as boto3's."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from common.errors import AirgapError, ConfigError, DeadlineError, UnreachableError
+from common.s3 import S3Object, error_for_code, folder, s5cmd_args
+from common.s3settings import S3Connection
+from initcontainer.deadline import Deadline
+from initcontainer.failures import worst
+from initcontainer.plan import Item
+
+_CODE = re.compile(r"^(\w+):")
+_STATUS = re.compile(r"status code: (\d{3})")
+_UNREACHABLE = (
+    "connection refused",
+    "no such host",
+    "dial tcp",
+    "x509",
+    "tls:",
+    "connection reset",
+)
+# s5cmd treats these as wildcards in a source URL: such prefixes are listed with boto3.
+GLOB_CHARS = "*?["
+
+
+def _env(conn: S3Connection) -> dict[str, str]:
+    return {**os.environ, **conn.env()}
+
+
+def translate(text: str, conn: S3Connection, bucket: str, what: str) -> AirgapError:
+    """One s5cmd error text -> the typed error that says what to fix."""
+    where = conn.endpoint or "AWS S3"
+    low = text.lower()
+    if any(s in low for s in _UNREACHABLE):
+        return UnreachableError(
+            f"cannot reach S3 endpoint {where} while {what}: {text}",
+            "check AWS_S3_ENDPOINT (scheme, host, port) and the network path; for a private "
+            "CA set AWS_CA_BUNDLE",
+        )
+    if "timeout" in low or "deadline exceeded" in low:
+        return DeadlineError(
+            f"S3 endpoint {where} timed out while {what}: {text}",
+            "check that the endpoint is reachable from this pod or raise TEST_DATA_S3_TIMEOUT",
+        )
+    if "nocredentialproviders" in low:
+        return ConfigError(
+            f"no S3 credentials found while {what}",
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (env or secret files), or run "
+            "with an IAM role",
+        )
+    code = m.group(1) if (m := _CODE.match(text)) else ""
+    status = m.group(1) if (m := _STATUS.search(text)) else ""
+    return error_for_code(code, status, text, conn, bucket, what)
+
+
+def _errors(stderr: str) -> list[str]:
+    out = []
+    for line in stderr.splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue  # s5cmd's plain WARN lines
+        if isinstance(msg, dict) and msg.get("error"):
+            out.append(str(msg["error"]))
+    return out
+
+
+def list_objects(
+    binary: str, conn: S3Connection, bucket: str, prefix: str, deadline: Deadline
+) -> list[S3Object]:
+    """Every object below the prefix folder (`data` never matches `data-old/`)."""
+    base = folder(prefix)
+    url = f"s3://{bucket}/{base}"
+    what = f"listing {url}"
+    try:
+        proc = subprocess.run(
+            [binary, *s5cmd_args(conn, 1), "ls", url + "*"],
+            capture_output=True,
+            text=True,
+            env=_env(conn),
+            timeout=deadline.remaining(),
+        )
+    except subprocess.TimeoutExpired:
+        raise deadline.error(what) from None
+    objects = []
+    for line in proc.stdout.splitlines():
+        msg = json.loads(line)
+        key = msg["key"].removeprefix(f"s3://{bucket}/")
+        objects.append(
+            S3Object(key, key[len(base) :], int(msg.get("size", 0)), msg.get("etag", ""))
+        )
+    if proc.returncode != 0:
+        errors = [e for e in _errors(proc.stderr) if "no object found" not in e]
+        if errors:
+            raise worst([translate(e, conn, bucket, what) for e in errors], 1)
+        if not objects and "no object found" not in proc.stderr:
+            raise AirgapError(f"s5cmd failed while {what}: {proc.stderr.strip()[-500:]}")
+    return objects
+
+
+def copy(
+    binary: str,
+    conn: S3Connection,
+    bucket: str,
+    items: list[Item],
+    workers: int,
+    deadline: Deadline,
+    command_file: Path,
+) -> Iterator[Item]:
+    """Download each item to its `partial` path; yield items as s5cmd reports them done.
+
+    Raises the typed error of the failed downloads (if any) once s5cmd exits, and a
+    DeadlineError (after killing s5cmd) when the deadline passes.
+    """
+    by_dest = {str(i.partial): i for i in items}
+    command_file.parent.mkdir(parents=True, exist_ok=True)
+    command_file.write_text(
+        "".join(
+            f"cp --raw {shlex.quote(f's3://{bucket}/{i.key}')} {shlex.quote(str(i.partial))}\n"
+            for i in items
+        )
+    )
+    proc = subprocess.Popen(
+        [binary, *s5cmd_args(conn, workers), "run", str(command_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(conn),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(deadline.remaining(), expire)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            msg = json.loads(line)
+            if msg.get("success") and (item := by_dest.get(msg.get("destination", ""))):
+                yield item
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:  # interrupted (SIGTERM) or the consumer failed
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+    what = f"downloading from s3://{bucket}/"
+    if timed_out.is_set():
+        raise deadline.error(what)
+    if proc.returncode != 0:
+        errors = _errors("".join(stderr))
+        if not errors:
+            tail = "".join(stderr).strip()[-500:]
+            raise AirgapError(f"s5cmd exited with {proc.returncode} while {what}: {tail}")
+        raise worst([translate(e, conn, bucket, what) for e in errors], len(items))

@@ -1,0 +1,104 @@
+"""What a previous sync left in `dest/.airgap-eval/`: a journal of the files it put in place
+(size, mtime, ETag, confirmed sha256), so a re-run skips them without downloading or hashing.
+
+The journal is append-only while a sync runs (a killed sync keeps every line it wrote) and
+is rewritten compactly at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from common.layout import STATE_DIR_NAME
+
+JOURNAL_NAME = "sync-state.jsonl"
+STATUS_NAME = "sync-status.json"
+PARTIAL_NAME = "partial"
+
+
+def state_dir(dest: Path) -> Path:
+    return dest / STATE_DIR_NAME
+
+
+def status_path(dest: Path) -> Path:
+    return state_dir(dest) / STATUS_NAME
+
+
+@dataclass(frozen=True)
+class FileState:
+    size: int
+    mtime_ns: int
+    etag: str
+    sha256: str | None  # set once the file was checked against the manifest
+
+
+class SyncState:
+    def __init__(self, dest: Path) -> None:
+        self.path = state_dir(dest) / JOURNAL_NAME
+        self.entries: dict[str, FileState] = {}
+        self._lock = threading.Lock()
+        self._out: IO[str] | None = None
+
+    @classmethod
+    def load(cls, dest: Path) -> SyncState:
+        state = cls(dest)
+        try:
+            lines = state.path.read_text().splitlines()
+        except (FileNotFoundError, NotADirectoryError):
+            return state
+        for line in lines:
+            try:
+                rel, size, mtime_ns, etag, sha = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill: that file is simply checked again
+            state.entries[rel] = FileState(size, mtime_ns, etag, sha)
+        return state
+
+    def is_current(self, rel: str, size: int, etag: str, st: os.stat_result) -> bool:
+        """The file on disk is the one we placed for this object, untouched since."""
+        e = self.entries.get(rel)
+        return (
+            e is not None
+            and e.size == size == st.st_size
+            and e.mtime_ns == st.st_mtime_ns
+            and e.etag == etag
+        )
+
+    def record(self, rel: str, path: Path, etag: str, sha256: str | None) -> None:
+        st = path.stat()
+        entry = FileState(st.st_size, st.st_mtime_ns, etag, sha256)
+        line = json.dumps([rel, entry.size, entry.mtime_ns, etag, sha256]) + "\n"
+        with self._lock:
+            self.entries[rel] = entry
+            if self._out is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._out = self.path.open("a", buffering=1)
+            self._out.write(line)
+
+    def compact(self, keep: set[str]) -> None:
+        """Rewrite the journal with one line per file still in the prefix."""
+        with self._lock:
+            if self._out is not None:
+                self._out.close()
+                self._out = None
+            self.entries = {k: v for k, v in self.entries.items() if k in keep}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text(
+                "".join(
+                    json.dumps([k, e.size, e.mtime_ns, e.etag, e.sha256]) + "\n"
+                    for k, e in sorted(self.entries.items())
+                )
+            )
+            os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._out is not None:
+                self._out.close()
+                self._out = None
