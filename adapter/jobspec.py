@@ -1,0 +1,153 @@
+"""The job spec: EvalHub's own `JobSpec` (eval-hub-sdk) plus a typed model of `parameters`.
+
+EvalHub specs work unchanged (its lm_eval adapter's names are accepted as aliases); a
+stand-alone spec (docker run, Slurm) may leave out the EvalHub bookkeeping fields. Only
+light imports here: this runs before the offline env is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from evalhub.adapter import JobSpec
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+from common.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PROVIDER_ID = "lm_evaluation_harness"
+MAX_CONCURRENT = 128  # EvalHub's lm_eval adapter clamps to the same bound
+# Defaults for the EvalHub bookkeeping fields a stand-alone spec may leave out.
+_STANDALONE_DEFAULTS: dict[str, Any] = {
+    "provider_id": PROVIDER_ID,
+    "benchmark_index": 0,
+    "callback_url": "",
+    "parameters": {},
+}
+
+
+class RunParameters(BaseModel):
+    """`parameters` of the job spec. Unknown fields are errors that name the field."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    tasks: list[str] | None = Field(
+        default=None, description="lm_eval tasks/groups to run (default: [benchmark_id])"
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="tokenizer dir (absolute or relative to the test data) or HF id; "
+        "default: the manifest's tokenizer, else <test_data>/tokenizer",
+    )
+    num_fewshot: int | None = Field(
+        default=None, ge=0, validation_alias=AliasChoices("num_fewshot", "num_few_shot")
+    )
+    batch_size: int = Field(default=1, ge=1, description="prompts per API request")
+    num_concurrent: int = Field(default=1, ge=1, description="parallel API requests")
+    max_retries: int = Field(default=3, ge=1, description="attempts per request (5xx, timeouts)")
+    timeout: float = Field(
+        default=300, gt=0, validation_alias=AliasChoices("timeout", "timeout_seconds")
+    )
+    max_length: int | None = Field(
+        default=None, gt=1, description="context window; default: the endpoint's max_model_len"
+    )
+    max_gen_toks: int | None = Field(default=None, ge=1)
+    model_type: Literal["completions", "chat"] = "completions"
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool | None = None
+    system_instruction: str | None = None
+    gen_kwargs: dict[str, Any] | None = Field(
+        default=None, validation_alias=AliasChoices("gen_kwargs", "parameters")
+    )
+    seed: int | None = Field(
+        default=None,
+        validation_alias=AliasChoices("seed", "random_seed"),
+        description="one seed for python, numpy, torch and few-shot sampling; "
+        "default: lm_eval's own defaults",
+    )
+    cache_dir: str | None = Field(
+        default=None, description="request cache dir (persistent storage => resume)"
+    )
+    allow_code_execution: bool = False
+    include_path: list[str] | None = Field(default=None, description="custom task config dirs")
+    log_samples: bool = True
+    bootstrap_iters: int | None = Field(default=None, ge=0)
+    limit: float | None = Field(default=None, gt=0, description="as num_examples; that wins")
+    metadata: dict[str, Any] | None = Field(default=None, description="lm_eval task metadata")
+    verify_certificate: bool = True
+
+
+def _field_errors(err: ValidationError, prefix: str) -> str:
+    parts = []
+    for e in err.errors():
+        where = prefix + ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown field {where!r}")
+        else:
+            parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_parameters(raw: dict[str, Any]) -> RunParameters:
+    try:
+        return RunParameters.model_validate(raw)
+    except ValidationError as e:
+        known = sorted(RunParameters.model_fields)
+        raise ConfigError(
+            f"job spec: {_field_errors(e, 'parameters.')}",
+            f"fix the job spec; known parameters: {', '.join(known)} "
+            "(EvalHub aliases: num_few_shot, random_seed, timeout_seconds, parameters)",
+        ) from None
+
+
+def parse_job_spec(data: dict[str, Any], source: str = "job spec") -> JobSpec:
+    unknown = sorted(set(data) - set(JobSpec.model_fields))
+    if unknown:  # newer EvalHub versions may add fields: warn, don't fail
+        log.warning("%s: ignoring unknown top-level fields %s", source, unknown)
+    try:
+        return JobSpec.model_validate(_STANDALONE_DEFAULTS | data)
+    except ValidationError as e:
+        raise ConfigError(
+            f"{source}: {_field_errors(e, '')}",
+            "fix the job spec; required: id, benchmark_id, model.name (see docs/adapter.md)",
+        ) from None
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"job spec {path} not found",
+            "pass --job-spec PATH or set EVALHUB_JOB_SPEC_PATH (EvalHub mounts /meta/job.json)",
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"job spec {path} is not readable JSON: {e}", "fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"job spec {path}: expected a JSON object", "see docs/adapter.md")
+    return data
+
+
+def api_base(url: str) -> str:
+    """The OpenAI base (`.../v1`) of a model URL ending in /v1, /completions,
+    /chat/completions, or none of them (then /v1 is added), as EvalHub reads it."""
+    url = url.strip().rstrip("/")
+    for suffix in ("/chat/completions", "/completions"):
+        if url.endswith(suffix):
+            return url[: -len(suffix)]
+    return url if url.endswith("/v1") else f"{url}/v1"
+
+
+def endpoint_url(url: str, model_type: str) -> str:
+    return f"{api_base(url)}/{'chat/completions' if model_type == 'chat' else 'completions'}"
+
+
+def task_names(spec: JobSpec, params: RunParameters) -> list[str]:
+    names = params.tasks or [spec.benchmark_id]
+    if not names or not all(n.strip() for n in names):
+        raise ConfigError("job spec names no task", "set benchmark_id or parameters.tasks")
+    return names

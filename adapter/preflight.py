@@ -1,0 +1,278 @@
+"""Preflight: everything a job needs, checked before the first request, reported at once.
+
+Data (every bundle present and readable, nltk data staged, no Hub-only metric), tokenizer
+(loads from the staged dir), endpoint (reachable, key accepted, model served, echo logprobs
+for loglikelihood tasks) and task/model compatibility (no loglikelihood on a chat endpoint,
+no code-executing task unless allowed). Missing data is ONE error listing every item, with
+the `airgap-eval stage` command that fixes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapter.bundles import locate
+from adapter.offline import NLTK_DIR_NAME
+from common.errors import (
+    AuthError,
+    ConfigError,
+    MissingDataError,
+    ModelEndpointError,
+    UnreachableError,
+)
+from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
+from common.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 10.0
+LOGLIKELIHOOD_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
+
+
+@dataclass
+class DataReport:
+    problems: list[str] = field(default_factory=list)
+    checked: int = 0
+
+
+def stage_command(tasks: list[str], tokenizer: str | None, test_data: Path) -> str:
+    tok = f" --tokenizer {tokenizer}" if tokenizer else " --tokenizer HF_ID_OR_DIR"
+    return (
+        f"on a connected machine: airgap-eval stage {' '.join(tasks)}{tok} --out DIR "
+        f"(or --upload s3://BUCKET/PREFIX), then sync it to {test_data}"
+    )
+
+
+def _manifest(test_data: Path) -> Manifest | None:
+    try:
+        return Manifest.load(test_data / MANIFEST_NAME)
+    except (OSError, ValueError):
+        return None
+
+
+def _names(tasks: list[str]) -> str:
+    return ", ".join(tasks[:4]) + (f" and {len(tasks) - 4} more" if len(tasks) > 4 else "")
+
+
+def check_data(test_data: Path, tasks: list[str], index: dict[str, Any]) -> DataReport:
+    """Bundles, nltk data and metric modules the tasks need. (The single place to switch to
+    adapter.verify once it covers the same ground.)"""
+    import datasets
+
+    from adapter.stage import make_plan
+
+    plan = make_plan(tasks, index)
+    report = DataReport()
+    report.problems += [f"task {t}: {why}" for t, why in sorted(plan.unresolved.items())]
+    for slug, bundle in sorted(plan.bundles.items()):
+        users = _names(bundle.tasks)
+        found = locate(test_data, bundle.dataset_path, bundle.dataset_name,
+                       bundle.dataset_kwargs.get("data_files"))
+        if found.path is None:
+            report.problems.append(f"missing bundle {test_data / slug} (for {users})")
+            continue
+        try:
+            datasets.load_from_disk(str(found.path))
+        except Exception as e:  # datasets raises many unrelated types on a bad bundle
+            report.problems.append(
+                f"unreadable bundle {found.path} (for {users}): {type(e).__name__}: "
+                f"{str(e)[:200]}"
+            )
+        report.checked += 1
+    for pkg, needers in sorted(plan.nltk.items()):
+        if not any((test_data / NLTK_DIR_NAME).glob(f"*/{pkg}")):
+            report.problems.append(
+                f"missing nltk data {test_data / NLTK_DIR_NAME}/*/{pkg} (for {_names(needers)})"
+            )
+    for metric, needers in sorted(plan.evaluate.items()):
+        report.problems.append(
+            f"task {_names(needers)} loads the metric module {metric!r} from the Hugging "
+            "Face Hub at run time, which an offline run cannot do"
+        )
+    return report
+
+
+def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> str | None:
+    """The dir (or, online, the HF id) the tokenizer loads from; None when none is staged."""
+    if requested:
+        for candidate in (Path(requested), test_data / requested):
+            if candidate.is_dir():
+                return str(candidate)
+    staged = test_data / TOKENIZER_DIR_NAME
+    manifest = _manifest(test_data)
+    staged_for = manifest.tokenizer if manifest else None
+    if staged.is_dir() and (requested is None or requested == staged_for or staged_for is None):
+        return str(staged)
+    if not offline:
+        return requested
+    return None
+
+
+def check_tokenizer(source: str | None, requested: str | None, test_data: Path) -> str | None:
+    """A problem line, or None when the tokenizer loads."""
+    if source is None:
+        manifest = _manifest(test_data)
+        staged = f" (staged: {manifest.tokenizer})" if manifest and manifest.tokenizer else ""
+        return f"tokenizer {requested or ''} not staged under {test_data / TOKENIZER_DIR_NAME}{staged}"
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(source)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError...
+        return f"tokenizer {source} does not load with this image's transformers: {str(e)[:300]}"
+    return None
+
+
+def fail_on_problems(problems: list[str], tasks: list[str], tokenizer: str | None,
+                     test_data: Path) -> None:
+    if problems:
+        listing = "\n  - ".join(problems)
+        raise MissingDataError(
+            f"{len(problems)} item(s) the job needs are missing or unreadable under "
+            f"{test_data}:\n  - {listing}",
+            stage_command(tasks, tokenizer, test_data),
+        )
+
+
+# --- the endpoint ----------------------------------------------------------------------
+
+
+@dataclass
+class Endpoint:
+    max_model_len: int | None
+    echo_logprobs: bool
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _refused(status: int, url: str) -> None:
+    if status in (401, 403):
+        raise AuthError(
+            f"model endpoint {url} refused the request (HTTP {status})",
+            "check the model API key (the model auth secret's api-key file, or OPENAI_API_KEY)",
+        )
+
+
+def _get_models(base: str, api_key: str | None, verify: bool) -> dict[str, Any] | None:
+    import requests
+
+    url = f"{base}/models"
+    try:
+        r = requests.get(url, headers=_headers(api_key), timeout=PROBE_TIMEOUT_S, verify=verify)
+    except requests.exceptions.Timeout:
+        raise UnreachableError(
+            f"model endpoint {url} did not answer within {PROBE_TIMEOUT_S:.0f} s",
+            "check model.url and that the model server is up and reachable from this pod",
+        ) from None
+    except requests.exceptions.RequestException as e:
+        raise UnreachableError(
+            f"model endpoint {url} is unreachable: {type(e).__name__}: {str(e)[:300]}",
+            "check model.url and that the model server is up and reachable from this pod",
+        ) from None
+    _refused(r.status_code, url)
+    if not r.ok:
+        log.info("%s answered HTTP %s; skipping the model list", url, r.status_code)
+        return None
+    try:
+        body: dict[str, Any] = r.json()
+        return body
+    except ValueError:
+        return None
+
+
+def _probe(url: str, payload: dict[str, Any], api_key: str | None, verify: bool,
+           attempts: int, timeout: float) -> dict[str, Any]:
+    import requests
+
+    last = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            r = requests.post(url, json=payload, headers=_headers(api_key),
+                              timeout=timeout, verify=verify)
+        except requests.exceptions.RequestException as e:
+            last = f"{type(e).__name__}: {str(e)[:200]}"
+        else:
+            _refused(r.status_code, url)
+            if r.ok:
+                try:
+                    body: dict[str, Any] = r.json()
+                    return body
+                except ValueError:
+                    last = f"a non-JSON answer: {r.text[:200]!r}"
+                    break
+            last = f"HTTP {r.status_code}: {r.text[:300]}"
+            if r.status_code < 500:
+                break
+        if attempt < attempts:
+            time.sleep(min(2.0**attempt, 10.0))
+    raise ModelEndpointError(
+        f"model endpoint {url} did not answer a test request usefully: {last}",
+        "check model.url (an OpenAI-compatible /v1 base), model.name and the server's log",
+    )
+
+
+def check_endpoint(base: str, model: str, model_type: str, api_key: str | None, *,
+                   verify: bool = True, attempts: int = 3, timeout: float = 60.0) -> Endpoint:
+    """/v1/models (reachable? key accepted? model served? max_model_len) + one request."""
+    max_len = None
+    listing = _get_models(base, api_key, verify)
+    if listing is not None and isinstance(listing.get("data"), list):
+        served = {str(m.get("id")): m for m in listing["data"] if isinstance(m, dict)}
+        if served and model not in served:
+            raise ModelEndpointError(
+                f"model {model!r} is not served at {base}; it serves {sorted(served)}",
+                "set model.name in the job spec to one of the served names",
+            )
+        raw = (served.get(model) or {}).get("max_model_len")
+        max_len = int(raw) if isinstance(raw, int) and raw > 0 else None
+    if model_type == "chat":
+        _probe(f"{base}/chat/completions",
+               {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+               api_key, verify, attempts, timeout)
+        return Endpoint(max_len, echo_logprobs=False)
+    body = _probe(f"{base}/completions",
+                  {"model": model, "prompt": "Hello world", "max_tokens": 1, "temperature": 0,
+                   "logprobs": 1, "echo": True},
+                  api_key, verify, attempts, timeout)
+    try:
+        token_logprobs = body["choices"][0]["logprobs"]["token_logprobs"]
+        echo = isinstance(token_logprobs, list) and len(token_logprobs) >= 2
+    except (KeyError, IndexError, TypeError):
+        echo = False
+    log.info("endpoint %s ok (model %s, max_model_len %s, echo logprobs %s)",
+             base, model, max_len, echo)
+    return Endpoint(max_len, echo)
+
+
+# --- the built tasks ---------------------------------------------------------------------
+
+
+def check_tasks(tasks: dict[str, Any], model_type: str, endpoint: Endpoint,
+                allow_code: bool) -> None:
+    """Refuse what cannot work, before any request: one error naming every task."""
+    scoring = sorted(n for n, t in tasks.items() if t.OUTPUT_TYPE in LOGLIKELIHOOD_TYPES)
+    if scoring and model_type == "chat":
+        raise ConfigError(
+            f"tasks {', '.join(scoring)} score answers by loglikelihood, which a chat "
+            "completions endpoint cannot return (it gives no prompt logprobs)",
+            "use parameters.model_type=completions with the model's /v1/completions endpoint, "
+            "or pick generation tasks (e.g. gsm8k, ifeval) for a chat endpoint",
+        )
+    if scoring and not endpoint.echo_logprobs:
+        raise ModelEndpointError(
+            f"tasks {', '.join(scoring)} need prompt logprobs (echo=true, logprobs=1) and the "
+            "endpoint's completions answer carries none",
+            "serve the model with a server that returns echo logprobs (vLLM, TGI, SGLang)",
+        )
+    unsafe = sorted(n for n, t in tasks.items() if getattr(t, "UNSAFE_CODE", False))
+    if unsafe and not allow_code:
+        raise ConfigError(
+            f"tasks {', '.join(unsafe)} execute model-written code",
+            "set parameters.allow_code_execution=true if that is acceptable in this cluster",
+        )

@@ -1,0 +1,103 @@
+"""THE one patch of the adapter: `datasets.load_dataset` reads staged bundles.
+
+lm_eval's YAML tasks, its Python tasks and task utils all fetch data with
+`datasets.load_dataset(path, name, ...)`. Offline, that call becomes
+`datasets.load_from_disk(<test_data>/<slug>)` (slug rules: adapter/slugs.py; the legacy
+alias is accepted), honouring `split=`. Installed before any task module is imported, so
+`from datasets import load_dataset` in a task's utils binds the redirect too.
+`datasets.disable_caching()` keeps `.map` caches out of the (read-only) data dir.
+No fork of lm_eval: everything else runs as shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from adapter.bundles import locate
+from common.errors import ConfigError, MissingDataError
+
+log = logging.getLogger(__name__)
+
+_SLICE = re.compile(r"^(?P<name>[\w.-]+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+_original: Callable[..., Any] | None = None
+
+
+def _select_split(data: Any, split: Any, where: Path) -> Any:
+    import datasets
+
+    if split is None or isinstance(data, datasets.Dataset):
+        return data
+    if isinstance(split, list):
+        return [_select_split(data, s, where) for s in split]
+    name, rows = str(split), None
+    if m := _SLICE.match(name):
+        name = m["name"]
+        rows = slice(int(m["start"]) if m["start"] else None, int(m["stop"]) if m["stop"] else None)
+    if name not in data:
+        raise MissingDataError(
+            f"bundle {where} has no split {name!r} (it has {sorted(data)})",
+            "re-stage the dataset with the installed lm_eval version",
+        )
+    ds = data[name]
+    if rows is not None:
+        ds = ds.select(range(len(ds))[rows])
+    elif "[" in name:
+        raise ConfigError(f"split {split!r} is not supported offline", "use name or name[a:b]")
+    return ds
+
+
+def load_staged(test_data: Path, path: str, name: str | None, data_files: Any) -> tuple[Any, Path]:
+    """The staged bundle for (path, name, data_files) (a DatasetDict or Dataset) and its dir."""
+    import datasets
+
+    found = locate(test_data, path, name, data_files)
+    if found.path is None:
+        raise MissingDataError(
+            f"dataset {path!r} (name={name!r}) is not staged: none of "
+            f"{', '.join(str(test_data / t) for t in found.tried)} exists",
+            f"stage it: airgap-eval stage <task> --out DIR, then sync to {test_data}",
+        )
+    alias = "" if found.path.name == found.slug else f" (legacy alias of {found.slug})"
+    log.info("data %s%s -> %s%s", path, f" [{name}]" if name else "", found.path, alias)
+    try:
+        return datasets.load_from_disk(str(found.path)), found.path
+    except Exception as e:
+        raise MissingDataError(
+            f"bundle {found.path} cannot be read by datasets {datasets.__version__}: "
+            f"{type(e).__name__}: {e}",
+            "re-stage it (airgap-eval stage) with the datasets version of this image",
+        ) from None
+
+
+def install(test_data: Path) -> None:
+    """Redirect `datasets.load_dataset` to the staged bundles (idempotent)."""
+    global _original
+    import datasets
+
+    if _original is not None:
+        return
+
+    def load_dataset(path: str, name: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        # Positional: (path, name, data_dir, data_files, split, ...), as in datasets' signature.
+        data_files = kwargs.get("data_files", args[1] if len(args) > 1 else None)
+        split = kwargs.get("split", args[2] if len(args) > 2 else None)
+        data, where = load_staged(test_data, path, name, data_files)
+        return _select_split(data, split, where)
+
+    datasets.disable_caching()
+    _original = datasets.load_dataset
+    datasets.load_dataset = load_dataset
+    log.debug("datasets.load_dataset now reads bundles under %s", test_data)
+
+
+def uninstall() -> None:
+    global _original
+    import datasets
+
+    if _original is not None:
+        datasets.load_dataset = _original
+        _original = None
