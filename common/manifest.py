@@ -34,6 +34,9 @@ class Manifest(BaseModel):
     # lm_eval task -> the slugs (bundle dirs) it reads.
     tasks: dict[str, list[str]] = Field(default_factory=dict)
     tokenizer: str | None = None
+    # Extra data the tasks need besides bundles: "nltk" -> packages staged under nltk_data/,
+    # "evaluate" -> metric modules the tasks load from the Hub (detected, not staged).
+    assets: dict[str, list[str]] = Field(default_factory=dict)
     files: dict[str, FileEntry] = Field(default_factory=dict)
 
     @classmethod
