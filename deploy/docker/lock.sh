@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate the version pins the images install (base.lock, adapter.lock).
+# Regenerate the version pins the images install (init.lock, sidecar.lock, adapter.lock).
 #
-# Resolves the base distribution (init container, sidecar) and `.[adapter]` for this Python
+# Resolves the base distribution (init container), `.[sidecar]` and `.[adapter]` for this Python
 # (3.11, Linux, glibc: the python:3.11-slim image's platform), preferring the versions installed
 # in the dev venv so that the images carry what the test suite ran against.
 # Run after changing dependencies in pyproject.toml:  deploy/docker/lock.sh
@@ -40,5 +40,6 @@ PY
 }
 
 # dumb-init is PID 1 in every image: it forwards SIGTERM and reaps s5cmd's children.
-lock base . dumb-init
+lock init . dumb-init
+lock sidecar ".[sidecar]" dumb-init
 lock adapter ".[adapter]" dumb-init
