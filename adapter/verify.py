@@ -146,6 +146,20 @@ def _check_tokenizer(path: Path) -> tuple[Status, str]:
     return "ok", ""
 
 
+def _tokenizer_dir(test_data: Path, tokenizer: str | None, manifest: Manifest | None) -> Path:
+    """A dir (absolute or under test_data), else the staged tokenizer/ when it was staged
+    from that name (an HF id), else where it would be."""
+    staged = test_data / TOKENIZER_DIR_NAME
+    if not tokenizer:
+        return staged
+    for candidate in (Path(tokenizer), test_data / tokenizer):
+        if candidate.is_dir():
+            return candidate
+    if manifest and manifest.tokenizer == tokenizer:
+        return staged
+    return test_data / tokenizer
+
+
 def fix_command(
     tasks: Iterable[str], test_data: Path, tokenizer: str | None, include_path: Iterable[Path]
 ) -> str:
@@ -207,8 +221,7 @@ def verify(
             status, detail = "incompatible", f"{datasets_problem}; {detail}"
         report.items.append(VerifyItem(leaf.name, found.path.name, status, detail))
 
-    tok_dir = Path(tokenizer) if tokenizer and Path(tokenizer).is_absolute() else None
-    tok_dir = tok_dir or test_data / (tokenizer or TOKENIZER_DIR_NAME)
+    tok_dir = _tokenizer_dir(test_data, tokenizer, manifest)
     if tokenizer or tok_dir.is_dir() or (manifest and manifest.tokenizer):
         status, detail = _check_tokenizer(tok_dir)
         if status == "unreadable" and (p := version_problem(manifest, "transformers")):
