@@ -60,7 +60,10 @@ def check_keys(objects: list[S3Object], dest: Path) -> Plan:
                 f"object key {obj.key!r} collides with sync's own state dir {STATE_DIR_NAME}/",
                 "rename or remove the object in the bucket",
             )
-        path = safe_join(dest, obj.rel)
+        try:
+            path = safe_join(dest, obj.rel)
+        except UnsafePathError as e:
+            raise UnsafePathError(f"{e.message} (full key {obj.key!r})", e.hint) from None
         if obj.rel.endswith("/"):
             if obj.size:
                 raise UnsafePathError(

@@ -43,6 +43,7 @@ class SyncState:
         self.entries: dict[str, FileState] = {}
         self._lock = threading.Lock()
         self._out: IO[str] | None = None
+        self._dirty = False  # lines appended since the journal was last compact
 
     @classmethod
     def load(cls, dest: Path) -> SyncState:
@@ -57,6 +58,7 @@ class SyncState:
             except ValueError:
                 continue  # a line cut short by a kill: that file is simply checked again
             state.entries[rel] = FileState(size, mtime_ns, etag, sha)
+        state._dirty = len(lines) != len(state.entries)  # left uncompacted by a kill
         return state
 
     def is_current(self, rel: str, size: int, etag: str, st: os.stat_result) -> bool:
@@ -75,6 +77,7 @@ class SyncState:
         line = json.dumps([rel, entry.size, entry.mtime_ns, etag, sha256]) + "\n"
         with self._lock:
             self.entries[rel] = entry
+            self._dirty = True
             if self._out is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._out = self.path.open("a", buffering=1)
@@ -86,7 +89,10 @@ class SyncState:
             if self._out is not None:
                 self._out.close()
                 self._out = None
-            self.entries = {k: v for k, v in self.entries.items() if k in keep}
+            kept = {k: v for k, v in self.entries.items() if k in keep}
+            if not self._dirty and len(kept) == len(self.entries) and self.path.exists():
+                return  # a re-run that changed nothing rewrites nothing
+            self.entries, self._dirty = kept, False
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.tmp")
             tmp.write_text(

@@ -1,0 +1,62 @@
+"""A sync cut off by a dying server resumes: the rerun fetches only what is missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from airgap_eval.localservers import SeaweedS3
+from common.errors import ExitCode
+from initcontainer.config import SyncConfig
+from initcontainer.state import SyncState, state_dir
+from initcontainer.sync import sync
+from tests.initcontainer.conftest import manifest_for, put_tree, tree
+
+N_FILES = 40
+
+
+@pytest.mark.parametrize("engine", ["s5cmd", "boto3"])
+def test_resume_after_server_killed_mid_transfer(tmp_path: Path, engine: str) -> None:
+    files = {f"data/shard-{i:02d}.arrow": os.urandom(1_500_000) for i in range(N_FILES)}
+    files["data/manifest.json"] = manifest_for(files, "data")
+    dest = tmp_path / "test_data"
+    server = SeaweedS3(tmp_path / "seaweed").start()
+    try:
+        server.create_bucket("resume")
+        put_tree(server, "resume", files)
+        env = server.env() | {"TEST_DATA_S3_BUCKET": "resume", "TEST_DATA_S3_KEY": "data"}
+        base = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "initcontainer", "--dest", str(dest),
+             "--workers", "2", "--engine", engine],
+            env=base | env, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        end = time.monotonic() + 30
+        while len(tree(dest) if dest.exists() else {}) < 4 and time.monotonic() < end:
+            time.sleep(0.01)
+        server.kill()  # mid-transfer: a few files in place, the rest not
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode != 0, stderr
+        assert proc.returncode in (ExitCode.UNREACHABLE, ExitCode.TIMEOUT), stderr
+        assert "Traceback" not in stderr
+        landed = set(SyncState.load(dest).entries)
+        assert 4 <= len(landed) < len(files), "the kill did not land mid-transfer"
+        # No half-written file sits at a final path: each one is complete or absent.
+        for rel, body in tree(dest).items():
+            assert body == files[f"data/{rel}"], rel
+
+        server = SeaweedS3(server.workdir, ports=server.ports).start()  # same data, same port
+        cfg = SyncConfig(
+            bucket="resume", prefix="data", dest=dest, conn=server.connection(), engine=engine
+        )
+        result = sync(cfg)
+        assert result.downloaded_files == len(files) - len(landed)
+        assert tree(dest) == {k.removeprefix("data/"): v for k, v in files.items()}
+        assert not (state_dir(dest) / "partial").exists()
+    finally:
+        server.stop()
