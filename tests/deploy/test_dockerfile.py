@@ -169,9 +169,11 @@ def test_build_context_holds_what_the_build_copies_and_nothing_else() -> None:
         matches = [p.relative_to(REPO).as_posix() for p in REPO.glob(src)]
         assert matches, f"COPY {src}: nothing in the repo matches"
         for rel in matches:
-            files = [rel] if (REPO / rel).is_file() else [
-                p.relative_to(REPO).as_posix() for p in (REPO / rel).rglob("*.py")
-            ]
+            files = (
+                [rel]
+                if (REPO / rel).is_file()
+                else [p.relative_to(REPO).as_posix() for p in (REPO / rel).rglob("*.py")]
+            )
             assert files and not [f for f in files if ignored(f)], f"{src} is excluded"
     for rel in (
         ".venv/bin/python",
