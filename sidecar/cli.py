@@ -93,7 +93,7 @@ def _wait(
             uploader = uploader or _uploader(cfg, read_status(cfg.results_dir / STATUS_NAME))
             if uploader is not None:
                 try:
-                    r = uploader.sync(final=False, timeout=min(cfg.deadline, cfg.partial_every))
+                    r = uploader.sync(final=False, timeout=cfg.deadline)
                     log.info(
                         "partial upload: %d/%d files sent (%.1f MB) in %.1f s",
                         r.uploaded,

@@ -261,11 +261,15 @@ class Uploader:
             or (obj := listing.get(f.rel)) is None
             or obj.size != f.size
         ]
+        failure: AirgapError | None = None
         if todo:
-            self._transfer(todo, timeout)
+            try:
+                self._transfer(todo, timeout)
+            except AirgapError as e:
+                failure = e  # what did arrive still goes into the manifest: the retry skips it
             listing = self._listing()
         bad = {f.rel for f in todo if not self._verified(f, listing.get(f.rel))}
-        if bad and final:
+        if bad and final and failure is None:
             raise UploadError(
                 f"{len(bad)} uploaded file(s) do not match in {self.uri}: "
                 + ", ".join(sorted(bad)[:5]),
@@ -284,6 +288,8 @@ class Uploader:
                     e, self.cfg.conn, self.cfg.bucket, f"writing {self.uri}{MANIFEST_NAME}"
                 ) from e
             self.remote = files
+        if failure is not None:
+            raise failure
         sent = [f for f in todo if f.rel not in bad]
         return PassResult(
             len(local), len(sent), sum(f.size for f in sent), time.monotonic() - start
