@@ -134,17 +134,18 @@ def _report_outcome(
     status = outcome.status
     if outcome.kind == "finished" and status is not None and status.state == "completed":
         reporter.completed(status, uri, deadline)
-    elif outcome.kind == "finished" and status is not None and status.error is not None:
+    elif outcome.kind == "finished" and status is not None:
         err = status.error
-        text = err.message + (f" -- fix: {err.hint}" if err.hint else "")
-        reporter.failed(text, err.code.lower(), MessageOrigin.ADAPTER, deadline)
-    else:
-        reporter.failed(
-            f"{outcome.reason}; results uploaded to {uri}",
-            "adapter_died",
-            MessageOrigin.RUNTIME,
-            deadline,
+        text = (
+            err.message + (f" -- fix: {err.hint}" if err.hint else "")
+            if err
+            else f"the adapter failed (exit code {outcome.exit_code}) without an error record"
         )
+        code = err.code.lower() if err else "adapter_failed"
+        reporter.failed(text, code, MessageOrigin.ADAPTER, deadline)
+    else:
+        text = f"{outcome.reason}; results uploaded to {uri}"
+        reporter.failed(text, "adapter_died", MessageOrigin.RUNTIME, deadline)
 
 
 def upload(args: argparse.Namespace, record: StatusRecord) -> None:

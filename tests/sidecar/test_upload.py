@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from airgap_eval.localservers import SeaweedS3
+from common.errors import MissingDataError
 from common.manifest import Manifest
 from common.s3 import client
+from common.status import StatusRecord
 from sidecar.cli import main
 from tests.sidecar.conftest import BENCH, JOB_ID, FakeAdapter, Receiver, objects, spawn, write_spec
 
@@ -436,3 +438,24 @@ def test_python_dash_m_sidecar_and_dispatcher_agree(sidecar_env: dict[str, str])
             cmd, capture_output=True, text=True, env=sidecar_env, cwd=os.getcwd(), check=True
         )
         assert "--stale-after" in out.stdout
+
+
+def test_adapter_failure_is_uploaded_and_reported_with_its_own_error(
+    s3_server: SeaweedS3, bucket: str, adapter: FakeAdapter, receiver: Receiver,
+    sidecar_env: dict[str, str], tmp_path: Path,
+) -> None:  # fmt: skip
+    adapter.results()
+    rec = StatusRecord(component="run", job_id=JOB_ID, benchmark_id=BENCH, phase="loading_data")
+    rec.finish(MissingDataError("bundle allenai/ai2_arc missing", "run airgap-eval stage arc_easy"))
+    rec.write(adapter.root / "status.json")
+    (adapter.root / "done").write_text("9\n")
+    spec = write_spec(tmp_path / "job.json", receiver.url)
+    assert main([*base_args(adapter, bucket, tmp_path), "--once", "--job-spec", str(spec)]) == 0
+    [failed] = receiver.accepted_terminal()
+    assert failed["error_message"] == {
+        "message": "bundle allenai/ai2_arc missing -- fix: run airgap-eval stage arc_easy",
+        "message_code": "missing_data",
+        "message_origin": "adapter",
+    }
+    uploaded = json.loads(objects(s3_server, bucket)[PREFIX + "status.json"])
+    assert uploaded["error"]["code"] == "MISSING_DATA"  # the adapter's record, not rewritten
