@@ -27,6 +27,7 @@ _AUTH_CODES = {
     "401",
 }
 _NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+_SERVER_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"}
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,11 @@ def error_for_code(
         return NotFoundError(
             f"bucket or key not found while {what}: s3://{bucket} ({code or status})",
             "check the bucket name (TEST_DATA_S3_BUCKET / --bucket / --dest) and the endpoint",
+        )
+    if status.startswith("5") or code in _SERVER_CODES:
+        return UnreachableError(
+            f"{where} failed on its side while {what} ({code or status}), after retries",
+            "the S3 server is unhealthy: check its status and logs, then rerun",
         )
     return AirgapError(f"S3 error while {what}: {code} {detail}", "check the S3 server logs")
 

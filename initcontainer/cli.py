@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+import threading
 from pathlib import Path
 
 from common.entry import run_guarded
@@ -70,4 +74,16 @@ def main(argv: list[str], prog: str = "airgap-eval sync", command: str = "sync")
         finally:
             status.progress = result.as_progress()
 
-    return run_guarded(run, status, status_path(args.dest))
+    code = run_guarded(run, status, status_path(args.dest))
+    if code and _stuck_workers():
+        # A boto3 download blocked in a read (stalled server) would keep the interpreter
+        # alive past the deadline: the record is written, so leave now.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _stuck_workers() -> bool:
+    main = threading.main_thread()
+    return any(t.is_alive() and not t.daemon and t is not main for t in threading.enumerate())

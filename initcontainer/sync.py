@@ -145,7 +145,7 @@ def _sync_plan(cfg: SyncConfig, plan: Plan, transfer: Transfer, result: SyncResu
             len(plan.items) - len(plan.fetch), len(plan.items), len(plan.fetch), fetch_bytes / 1e6,
         )  # fmt: skip
         lander.progress = Progress("sync", len(plan.fetch), fetch_bytes, logger=log)
-        downloads = transfer.download(plan.fetch)
+        downloads = transfer.download(plan.fetch, plan.items)
         try:
             for item in downloads:
                 lander.land(item)
@@ -174,7 +174,7 @@ def _manifest(
         current = False
     if current:
         return _load_manifest(item.path, cfg)
-    list(transfer.download([item]))
+    list(transfer.download([item], plan.items))
     manifest = _load_manifest(item.partial, cfg)  # a broken manifest never lands
     lander.place(item)
     return manifest

@@ -18,7 +18,7 @@ from initcontainer.config import SyncConfig
 from initcontainer.deadline import Deadline
 from initcontainer.failures import worst
 from initcontainer.plan import Item
-from initcontainer.state import state_dir
+from initcontainer.state import PARTIAL_NAME, state_dir
 
 log = logging.getLogger("airgap-eval.sync")
 _CHUNK = 1 << 20
@@ -48,23 +48,37 @@ class Transfer:
 
     def list_objects(self) -> list[S3Object]:
         cfg = self.cfg
-        if self.binary and not any(c in cfg.prefix for c in s5cmd.GLOB_CHARS):
+        if self.binary and not self._globby():
             # s5cmd lists in ~0.1 s; importing boto3 alone costs more than that.
             return s5cmd.list_objects(self.binary, cfg.conn, cfg.bucket, cfg.prefix, self.deadline)
         return list_folder(self._client(), cfg.conn, cfg.bucket, cfg.prefix)
 
-    def download(self, items: list[Item]) -> Generator[Item, None, None]:
-        """Yield each item once its bytes sit in `item.partial`."""
+    def download(self, items: list[Item], everything: list[Item]) -> Generator[Item, None, None]:
+        """Yield each of `items` (a subset of `everything`, the prefix's files) once its
+        bytes sit in `item.partial`."""
         if not items:
             return
         if self.binary:
             command_file = state_dir(self.cfg.dest) / COMMAND_FILE
+            whole = None
+            if self._mostly(items, everything) and not self._globby():
+                whole = (self.cfg.prefix, state_dir(self.cfg.dest) / PARTIAL_NAME)
             yield from s5cmd.copy(
                 self.binary, self.cfg.conn, self.cfg.bucket, items,
-                self.cfg.workers, self.deadline, command_file,
+                self.cfg.workers, self.deadline, command_file, whole,
             )  # fmt: skip
         else:
             yield from self._boto3(items)
+
+    def _globby(self) -> bool:
+        return any(c in self.cfg.prefix for c in s5cmd.GLOB_CHARS)
+
+    @staticmethod
+    def _mostly(items: list[Item], everything: list[Item]) -> bool:
+        """Copying the whole prefix wastes at most a tenth (files and bytes) of the work."""
+        extra = len(everything) - len(items)
+        extra_bytes = sum(i.size for i in everything) - sum(i.size for i in items)
+        return extra <= len(items) / 10 and extra_bytes <= sum(i.size for i in items) / 10
 
     def _boto3(self, items: list[Item]) -> Iterator[Item]:
         s3, cfg = self._client(), self.cfg
@@ -85,7 +99,8 @@ class Transfer:
                 raise _download_error(e, self, item) from e
             return item
 
-        pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="sync")
+        # More threads than the client's connection pool (32) would only queue on it.
+        pool = ThreadPoolExecutor(max_workers=min(cfg.workers, 32), thread_name_prefix="sync")
         futures = [pool.submit(one, i) for i in items]
         errors: list[AirgapError] = []
         try:

@@ -12,6 +12,7 @@ import pytest
 
 from airgap_eval.localservers import SeaweedS3
 from common.errors import ExitCode
+from common.s3 import client
 from initcontainer.config import SyncConfig
 from initcontainer.state import SyncState, state_dir
 from initcontainer.sync import sync
@@ -51,6 +52,7 @@ def test_resume_after_server_killed_mid_transfer(tmp_path: Path, engine: str) ->
             assert body == files[f"data/{rel}"], rel
 
         server = SeaweedS3(server.workdir, ports=server.ports).start()  # same data, same port
+        _wait_readable(server, "resume", "data/manifest.json")
         cfg = SyncConfig(
             bucket="resume", prefix="data", dest=dest, conn=server.connection(), engine=engine
         )
@@ -60,3 +62,17 @@ def test_resume_after_server_killed_mid_transfer(tmp_path: Path, engine: str) ->
         assert not (state_dir(dest) / "partial").exists()
     finally:
         server.stop()
+
+
+def _wait_readable(server: SeaweedS3, bucket: str, key: str) -> None:
+    """After a restart SeaweedFS lists before its volumes serve reads: wait for a GET."""
+    s3 = client(server.connection())
+    end = time.monotonic() + 30
+    while True:
+        try:
+            s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            return
+        except Exception:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)
