@@ -17,7 +17,7 @@ from common.logs import setup_logging
 from common.status import StatusRecord, read_status
 from sidecar.config import UploadConfig, build_parser, resolve, results_dir
 from sidecar.upload import Uploader
-from sidecar.watch import Outcome, StopFlag, observe
+from sidecar.watch import Outcome, StopFlag, observe, read_done
 
 if TYPE_CHECKING:
     from sidecar.report import Reporter
@@ -107,6 +107,12 @@ def _wait(
         stop.event.wait(cfg.poll_interval)
 
 
+def _wait_for_done(cfg: UploadConfig, settle: float) -> None:
+    end = time.monotonic() + settle
+    while not read_done(cfg.results_dir)[0] and time.monotonic() < end:
+        time.sleep(0.05)
+
+
 def _record_death(cfg: UploadConfig, outcome: Outcome) -> AdapterDied:
     """Write the failed status.json the adapter could not write, so it is uploaded too."""
     error = AdapterDied(
@@ -178,12 +184,22 @@ def upload(args: argparse.Namespace, record: StatusRecord) -> None:
             )
         record.job_id, record.benchmark_id = _ids(cfg, outcome.status) or (None, None)
         if reporter:
-            reporter.persisting(deadline)
+            reporter.persisting()
         if outcome.kind != "finished":
             _record_death(cfg, outcome)
         record.phase = "uploading"
         try:
             result = uploader.sync_until(deadline)
+            if outcome.kind == "finished":
+                # The adapter may still write (a last log line) between its terminal status
+                # and `done`: one more pass once `done` is there; usually it sends nothing.
+                _wait_for_done(cfg, settle=2.0)
+                again = uploader.sync_until(deadline)
+                result = replace(
+                    again,
+                    uploaded=result.uploaded + again.uploaded,
+                    bytes=result.bytes + again.bytes,
+                )
         except AirgapError as e:
             if reporter:
                 from evalhub.models.api import MessageOrigin

@@ -98,11 +98,11 @@ class Reporter:
         )
         return False
 
-    def persisting(self, deadline: Callable[[], float]) -> None:
+    def persisting(self) -> None:
+        """Sent once, not retried: a lost progress event harms nothing."""
         update = JobStatusUpdate(status=JobStatus.RUNNING, phase=JobPhase.PERSISTING_ARTIFACTS)
-        self._post(
-            lambda: self.callbacks.report_status(update), "persisting_artifacts event", lambda: 0.0
-        )
+        send = lambda: self.callbacks.report_status(update)  # noqa: E731
+        self._post(send, "persisting_artifacts event", lambda: 0.0)
 
     def _terminal(self, send: Callable[[], None], what: str, deadline: Callable[[], float]) -> None:
         if self.sent_marker.exists():

@@ -459,3 +459,36 @@ def test_adapter_failure_is_uploaded_and_reported_with_its_own_error(
     }
     uploaded = json.loads(objects(s3_server, bucket)[PREFIX + "status.json"])
     assert uploaded["error"]["code"] == "MISSING_DATA"  # the adapter's record, not rewritten
+
+
+def test_writes_between_terminal_status_and_done_are_not_lost(
+    s3_server: SeaweedS3, bucket: str, adapter: FakeAdapter, sidecar_env: dict[str, str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    adapter.results()
+    adapter.status()
+    log = adapter.root / "logs" / "adapter.log"
+
+    s3 = client(s3_server.connection())
+
+    def first_pass_done() -> bool:
+        listing = s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX).get("Contents", [])
+        return any(o["Key"] == PREFIX + "manifest.json" for o in listing)
+
+    def finish_like_an_adapter() -> None:
+        time.sleep(0.5)
+        adapter.complete()
+        (adapter.root / "done").unlink()
+        while not first_pass_done():  # the sidecar uploaded on the terminal status alone
+            time.sleep(0.05)
+        with log.open("a") as f:
+            f.write("finished in 12.5 s\n")
+        (adapter.root / "done").write_text("0\n")
+
+    thread = threading.Thread(target=finish_like_an_adapter)
+    thread.start()
+    try:
+        assert main(base_args(adapter, bucket, tmp_path)) == 0
+    finally:
+        thread.join()
+    assert objects(s3_server, bucket)[PREFIX + "logs/adapter.log"].endswith(b"finished in 12.5 s\n")
