@@ -148,8 +148,20 @@ def test_s3_credentials_are_secret_files_only_where_s3_is_used(pod: dict[str, An
         secret = volumes[mount["name"]]["secret"]
         assert secret["secretName"] in secret_names
         assert secret["defaultMode"] == 0o440
-    adapter = _container(pod, "adapter")
-    assert not [m for m in adapter["volumeMounts"] if "secret" in volumes[m["name"]]]
+    s3_secrets = {
+        volumes[_mounts(_container(pod, n))[str(p)]["name"]]["secret"]["secretName"]
+        for n, p in expected.items()
+    }
+    adapter_secrets = {
+        volumes[m["name"]]["secret"]["secretName"]
+        for m in _container(pod, "adapter")["volumeMounts"]
+        if "secret" in volumes[m["name"]]
+    }
+    assert not adapter_secrets & s3_secrets, "the adapter must not get S3 credentials"
+    from evalhub.adapter import auth  # where eval-hub-sdk's model auth looks by default
+
+    model_auth = _mounts(_container(pod, "adapter"))[str(auth._MODEL_AUTH_DIR)]
+    assert volumes[model_auth["name"]]["secret"]["optional"] is True
     every = pod["initContainers"] + pod["containers"]
     for c in every:  # never as env vars: they would show in `kubectl describe`
         refs = [e for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
