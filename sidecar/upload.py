@@ -192,6 +192,14 @@ class Uploader:
                 e, self.cfg.conn, self.cfg.bucket, f"reading {self.uri}{MANIFEST_NAME}"
             ) from e
 
+    def prepare(self) -> None:
+        """While the adapter runs: pay for the client and the remote manifest now, not after
+        the terminal status. S3 being down here is no error: the final pass retries."""
+        try:
+            self.remote = self._load_remote()
+        except AirgapError as e:
+            log.debug("S3 not ready yet: %s", e.one_line())
+
     def _listing(self) -> dict[str, S3Object]:
         objs = list_folder(self.s3, self.cfg.conn, self.cfg.bucket, self.key_prefix)
         return {o.rel: o for o in objs}
