@@ -29,9 +29,9 @@ BUCKET = "bench"
 
 def mixed_tree(root: Path, scale: float) -> None:
     rnd = random.Random(1)
-    n_shards, n_json = int(60 * scale), int(240 * scale)
+    n_shards, n_json = int(45 * scale), int(255 * scale)
     # Shards of 1-50 MB, skewed small like real arrow splits: ~350 MB at scale 1.
-    sizes = [int(1e6 + 49e6 * rnd.random() ** 3) for _ in range(n_shards)]
+    sizes = [int(1e6 + 49e6 * rnd.random() ** 6) for _ in range(n_shards)]
     for i, size in enumerate(sizes):
         p = root / f"bundle-{i % 12:02d}" / "train" / f"data-{i:05d}-of-{n_shards:05d}.arrow"
         p.parent.mkdir(parents=True, exist_ok=True)
