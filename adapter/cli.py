@@ -112,6 +112,8 @@ class Run:
         from adapter import preflight, seam, taskindex
         from adapter.progress import RunProgress
 
+        if cfg.task_index is not None:  # adapter.verify reads the index from its default path
+            os.environ["AIRGAP_EVAL_TASK_INDEX"] = str(cfg.task_index)
         index = taskindex.load_index(cfg.task_index)
         if params.include_path:
             index = taskindex.merge_include_path(index, [Path(p) for p in params.include_path])
@@ -126,18 +128,27 @@ class Run:
             seam.install(cfg.test_data)  # before any task module is imported
 
         # Preflight: data + tokenizer (one error listing all), then the endpoint.
+        completions = params.model_type == "completions"
         problems: list[str] = []
+        fix = None
         if layout.offline:
-            problems += preflight.check_data(cfg.test_data, names, index).problems
-        tokenizer = None
-        if params.model_type == "completions":
-            tokenizer = preflight.tokenizer_source(
-                cfg.test_data, params.tokenizer or (None if layout.offline else spec.model.name),
-                layout.offline,
+            tokenizer = (
+                preflight.tokenizer_source(cfg.test_data, params.tokenizer, offline=True)
+                if completions else None
             )
-            if problem := preflight.check_tokenizer(tokenizer, params.tokenizer, cfg.test_data):
+            problems, fix = preflight.check_data(
+                cfg.test_data, names, index, tokenizer or params.tokenizer,
+                [Path(p) for p in params.include_path or []],
+            )
+            if completions and tokenizer is None and not params.tokenizer:
+                problems.append(preflight.missing_tokenizer(cfg.test_data, None))
+        else:
+            tokenizer = (params.tokenizer or spec.model.name) if completions else None
+            if tokenizer and (problem := preflight.check_tokenizer(tokenizer)):
                 problems.append(problem)
-        preflight.fail_on_problems(problems, names, params.tokenizer, cfg.test_data)
+        preflight.fail_on_problems(
+            problems, fix or preflight.stage_command(names, params.tokenizer, cfg.test_data)
+        )
         endpoint = preflight.check_endpoint(
             api_base(spec.model.url), spec.model.name, params.model_type, api_key,
             verify=params.verify_certificate, attempts=params.max_retries, timeout=params.timeout,

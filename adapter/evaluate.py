@@ -218,13 +218,16 @@ def save(
     return written
 
 
+_NOT_METRICS = ("alias", "sample_len", "sample_count")
+
+
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
     """{"arc_easy.acc": 0.71, "gsm8k.exact_match.strict-match": 0.4, ...} (no stderrs)."""
     out: dict[str, float] = {}
     for section in ("results", "groups"):
         for task, values in (results.get(section) or {}).items():
             for key, value in values.items():
-                if key == "alias" or "_stderr" in key or not isinstance(value, int | float):
+                if key in _NOT_METRICS or "_stderr" in key or not isinstance(value, int | float):
                     continue
                 metric, _, filt = key.partition(",")
                 name = f"{task}.{metric}" + (f".{filt}" if filt and filt != "none" else "")

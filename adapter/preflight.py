@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapter.bundles import locate
 from adapter.offline import NLTK_DIR_NAME
 from common.errors import (
     AuthError,
@@ -33,20 +32,6 @@ PROBE_TIMEOUT_S = 10.0
 LOGLIKELIHOOD_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
 
 
-@dataclass
-class DataReport:
-    problems: list[str] = field(default_factory=list)
-    checked: int = 0
-
-
-def stage_command(tasks: list[str], tokenizer: str | None, test_data: Path) -> str:
-    tok = f" --tokenizer {tokenizer}" if tokenizer else " --tokenizer HF_ID_OR_DIR"
-    return (
-        f"on a connected machine: airgap-eval stage {' '.join(tasks)}{tok} --out DIR "
-        f"(or --upload s3://BUCKET/PREFIX), then sync it to {test_data}"
-    )
-
-
 def _manifest(test_data: Path) -> Manifest | None:
     try:
         return Manifest.load(test_data / MANIFEST_NAME)
@@ -58,42 +43,46 @@ def _names(tasks: list[str]) -> str:
     return ", ".join(tasks[:4]) + (f" and {len(tasks) - 4} more" if len(tasks) > 4 else "")
 
 
-def check_data(test_data: Path, tasks: list[str], index: dict[str, Any]) -> DataReport:
-    """Bundles, nltk data and metric modules the tasks need. (The single place to switch to
-    adapter.verify once it covers the same ground.)"""
-    import datasets
-
+def asset_problems(test_data: Path, tasks: list[str], index: dict[str, Any]) -> list[str]:
+    """nltk data the tasks' code looks up, and metric modules it would fetch from the Hub."""
     from adapter.stage import make_plan
 
     plan = make_plan(tasks, index)
-    report = DataReport()
-    report.problems += [f"task {t}: {why}" for t, why in sorted(plan.unresolved.items())]
-    for slug, bundle in sorted(plan.bundles.items()):
-        users = _names(bundle.tasks)
-        found = locate(test_data, bundle.dataset_path, bundle.dataset_name,
-                       bundle.dataset_kwargs.get("data_files"))
-        if found.path is None:
-            report.problems.append(f"missing bundle {test_data / slug} (for {users})")
-            continue
-        try:
-            datasets.load_from_disk(str(found.path))
-        except Exception as e:  # datasets raises many unrelated types on a bad bundle
-            report.problems.append(
-                f"unreadable bundle {found.path} (for {users}): {type(e).__name__}: "
-                f"{str(e)[:200]}"
-            )
-        report.checked += 1
+    problems = []
     for pkg, needers in sorted(plan.nltk.items()):
         if not any((test_data / NLTK_DIR_NAME).glob(f"*/{pkg}")):
-            report.problems.append(
+            problems.append(
                 f"missing nltk data {test_data / NLTK_DIR_NAME}/*/{pkg} (for {_names(needers)})"
             )
     for metric, needers in sorted(plan.evaluate.items()):
-        report.problems.append(
+        problems.append(
             f"task {_names(needers)} loads the metric module {metric!r} from the Hugging "
             "Face Hub at run time, which an offline run cannot do"
         )
-    return report
+    return problems
+
+
+def check_data(
+    test_data: Path,
+    tasks: list[str],
+    index: dict[str, Any],
+    tokenizer: str | None,
+    include_path: list[Path],
+) -> tuple[list[str], str | None]:
+    """Problems with bundles, tokenizer and assets, and the command that fixes them.
+
+    Bundles and tokenizer: adapter.verify, as `airgap-eval verify` runs it (hashes are the
+    init container's job: it checked them while syncing)."""
+    from adapter.verify import verify
+
+    report = verify(test_data, tasks, tokenizer=tokenizer, check_hashes=False,
+                    include_path=include_path)
+    problems = [
+        f"{i.task} -> {test_data / i.slug}: {i.status}" + (f" ({i.detail})" if i.detail else "")
+        for i in report.problems
+    ]
+    problems += asset_problems(test_data, tasks, index)
+    return problems, report.fix_command
 
 
 def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> str | None:
@@ -112,12 +101,8 @@ def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> s
     return None
 
 
-def check_tokenizer(source: str | None, requested: str | None, test_data: Path) -> str | None:
+def check_tokenizer(source: str) -> str | None:
     """A problem line, or None when the tokenizer loads."""
-    if source is None:
-        manifest = _manifest(test_data)
-        staged = f" (staged: {manifest.tokenizer})" if manifest and manifest.tokenizer else ""
-        return f"tokenizer {requested or ''} not staged under {test_data / TOKENIZER_DIR_NAME}{staged}"
     from transformers import AutoTokenizer
 
     try:
@@ -127,14 +112,24 @@ def check_tokenizer(source: str | None, requested: str | None, test_data: Path) 
     return None
 
 
-def fail_on_problems(problems: list[str], tasks: list[str], tokenizer: str | None,
-                     test_data: Path) -> None:
+def missing_tokenizer(test_data: Path, requested: str | None) -> str:
+    manifest = _manifest(test_data)
+    staged = f" (the tree was staged for {manifest.tokenizer})" if manifest and manifest.tokenizer else ""
+    want = f"tokenizer {requested}" if requested else "a tokenizer"
+    return f"{want} is not staged under {test_data / TOKENIZER_DIR_NAME}{staged}"
+
+
+def stage_command(tasks: list[str], tokenizer: str | None, test_data: Path) -> str:
+    tok = tokenizer or "HF_ID_OR_DIR"
+    return f"airgap-eval stage {' '.join(tasks)} --tokenizer {tok} --out {test_data}"
+
+
+def fail_on_problems(problems: list[str], fix: str) -> None:
     if problems:
         listing = "\n  - ".join(problems)
         raise MissingDataError(
-            f"{len(problems)} item(s) the job needs are missing or unreadable under "
-            f"{test_data}:\n  - {listing}",
-            stage_command(tasks, tokenizer, test_data),
+            f"{len(problems)} item(s) the job needs are missing or unreadable:\n  - {listing}",
+            f"on a connected machine: {fix}; then sync that tree to the cluster's storage",
         )
 
 

@@ -49,9 +49,11 @@ class RunProgress:
             if not tasks:
                 return
             self.done[tasks.pop()] += 1
-            if time.monotonic() - self._last_log >= self.interval:
+            due = time.monotonic() - self._last_log >= self.interval
+            if due:
                 self._last_log = time.monotonic()
-                log.info(self.line())
+        if due:  # outside the lock: line() takes it again
+            log.info(self.line())
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
