@@ -24,8 +24,11 @@ SCRIPT = REPO / "deploy" / "slurm" / "airgap-eval.sbatch"
 JOB_ID = "4242"
 LOCAL_CMD = f"{sys.executable} -m airgap_eval"
 # A stand-in for one step: records its arguments and pid; `run` then blocks until killed.
+# With STUB_IGNORE_TERM set it ignores SIGTERM, as a step busy in a retry loop may.
 STEP_STUB = """\
-import os, sys, time
+import os, signal, sys, time
+if os.environ.get("STUB_IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 with open(sys.argv[1], "a") as f:
     f.write(f"{os.getpid()} {' '.join(sys.argv[2:])}\\n")
 if sys.argv[2] == "run":
@@ -136,6 +139,22 @@ def test_usr1_stops_the_run_and_requeues(
     assert "requeueing" in out
 
 
+def test_usr1_kills_a_run_that_ignores_sigterm_after_the_grace(
+    tmp_path: Path, slurm_env: Callable[..., dict[str, str]]
+) -> None:
+    (tmp_path / "shared").mkdir()
+    env = slurm_env(STUB_IGNORE_TERM="1", AIRGAP_EVAL_STOP_GRACE="2")
+    proc, calls = _start_with_stub(tmp_path, env)
+    run_pid = int(calls.read_text().split()[0])
+    started = time.monotonic()
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert 2 <= time.monotonic() - started < 10
+    assert not _alive(run_pid)
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB_ID]
+
+
 def test_usr1_after_the_last_requeue_uploads_and_fails_with_timeout(
     tmp_path: Path, slurm_env: Callable[..., dict[str, str]]
 ) -> None:
@@ -242,7 +261,7 @@ def test_requeued_job_resumes_from_the_request_cache(
     shared.mkdir()
     with (
         VLLMServer(assets.model, log_path=tmp_path / "vllm.log") as server,
-        RecordingProxy(server.root_url, delay_s=0.15) as proxy,
+        RecordingProxy(server.root_url, delay_s=0.5) as proxy,
     ):
         spec = _write_spec(shared / "job.json", proxy.base_url, num_concurrent=1)
         env = slurm_env(
@@ -251,6 +270,7 @@ def test_requeued_job_resumes_from_the_request_cache(
             TEST_DATA_S3_KEY="test-data",
             RESULTS_S3_URI=f"s3://{bucket}/results",
             AIRGAP_EVAL_JOB_SPEC=str(spec),
+            AIRGAP_EVAL_STOP_GRACE="3",
         )
         first = subprocess.Popen(
             ["bash", str(SCRIPT)],
@@ -260,7 +280,7 @@ def test_requeued_job_resumes_from_the_request_cache(
             text=True,
         )
         deadline = time.monotonic() + 300
-        while proxy.count() < 8:
+        while proxy.count() < 6:
             assert first.poll() is None, first.communicate()[0]
             assert time.monotonic() < deadline, "the first run sent no requests"
             time.sleep(0.1)
@@ -268,6 +288,8 @@ def test_requeued_job_resumes_from_the_request_cache(
         out, _ = first.communicate(timeout=60)
         assert first.returncode == 0, out
         assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB_ID]
+        results = _run_dir(tmp_path) / "results"
+        assert not list(results.glob("**/results_*.json")), "the first run was not interrupted"
         sent_first = proxy.count()
 
         second = subprocess.run(
@@ -281,7 +303,6 @@ def test_requeued_job_resumes_from_the_request_cache(
         assert second.returncode == 0, out
         sent_second = proxy.count() - sent_first
 
-    results = _run_dir(tmp_path) / "results"
     status = json.loads((results / "status.json").read_text())
     assert status["state"] == "completed", out
     samples = [
@@ -290,7 +311,7 @@ def test_requeued_job_resumes_from_the_request_cache(
         for line in path.read_text().splitlines()
     ]
     requests = sum(len(s["arguments"]) for s in samples)
-    assert requests > 8
+    assert requests > 6
     # The first run's finished requests came from the cache (a request or two in flight at the
     # kill and the endpoint check may repeat), so the rerun sent well under a full run.
     assert sent_second < requests
