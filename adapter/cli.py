@@ -38,12 +38,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("airgap-eval.run")
 
 
-def _model_api_key(spec_path: Path | None) -> str | None:
+def _model_api_key(spec: JobSpec, work_dir: Path) -> str | None:
     """The model key through the SDK's model auth (secret dir), else OPENAI_API_KEY."""
     from evalhub.adapter.auth import resolve_model_credentials
 
-    if spec_path is not None:
-        os.environ["EVALHUB_JOB_SPEC_PATH"] = str(spec_path)  # where the SDK looks for model.auth
+    # The SDK re-reads the spec from EVALHUB_JOB_SPEC_PATH to find model.auth: hand it the
+    # complete spec (a stand-alone one lacks fields the SDK requires).
+    work_dir.mkdir(parents=True, exist_ok=True)
+    normalized = work_dir / "job.json"
+    normalized.write_text(spec.model_dump_json())
+    os.environ["EVALHUB_JOB_SPEC_PATH"] = str(normalized)
     try:
         creds = resolve_model_credentials()
     except ValueError as e:
@@ -95,7 +99,7 @@ class Run:
         self.events = Events(spec, "sidecar" if cfg.terminal_events == "sidecar" else "adapter")
         self._phase("initializing")
         names = task_names(spec, params)
-        api_key = _model_api_key(cfg.job_spec)
+        api_key = _model_api_key(spec, cfg.work_dir)
         register_secret(api_key)
         if api_key:
             os.environ["OPENAI_API_KEY"] = api_key  # lm_eval's API models read it from here
