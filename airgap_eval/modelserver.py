@@ -211,17 +211,17 @@ class VLLMServer:
 
 
 class RecordingProxy:
-    """A pass-through HTTP proxy in front of a model server that records when each request
-    arrived (path, monotonic time) and can delay requests: it measures a client's time to
-    its first request, counts the requests of a resumed run, and slows a run down enough to
-    kill it half-way. Request and response bodies pass through unchanged.
+    """A pass-through HTTP proxy in front of a model server that records each request (path,
+    arrival time on the monotonic clock, body) and can delay requests: it measures a client's
+    time to its first request, counts the requests of a resumed run, and slows a run down
+    enough to kill it half-way. Bodies pass through unchanged.
     """
 
     def __init__(self, upstream: str, delay_s: float = 0.0) -> None:
         host, _, port = upstream.removeprefix("http://").rstrip("/").partition(":")
         self.upstream = (host, int(port or 80))
         self.delay_s = delay_s
-        self.arrivals: list[tuple[str, float]] = []
+        self.arrivals: list[tuple[str, float, bytes]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -235,13 +235,27 @@ class RecordingProxy:
     def base_url(self) -> str:
         return f"{self.root_url}/v1"
 
-    def count(self, path_suffix: str = "/completions", since: float = 0.0) -> int:
-        with self._lock:
-            return sum(1 for p, t in self.arrivals if p.endswith(path_suffix) and t >= since)
+    @staticmethod
+    def scoring_request(path: str, body: bytes) -> bool:
+        """A completions request whose prompt is token ids: what lm_eval sends for each
+        request it evaluates (a preflight probe sends text)."""
+        if not path.endswith("/completions"):
+            return False
+        try:
+            return isinstance(json.loads(body).get("prompt"), list)
+        except (ValueError, AttributeError):
+            return False
 
-    def first(self, path_suffix: str = "/completions", since: float = 0.0) -> float | None:
+    def times(self, since: float = 0.0) -> list[float]:
+        """Arrival times of scoring requests since `since` (time.monotonic())."""
         with self._lock:
-            return next((t for p, t in self.arrivals if p.endswith(path_suffix) and t >= since), None)
+            return [t for p, t, b in self.arrivals if t >= since and self.scoring_request(p, b)]
+
+    def count(self, since: float = 0.0) -> int:
+        return len(self.times(since))
+
+    def first(self, since: float = 0.0) -> float | None:
+        return min(self.times(since), default=None)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -253,11 +267,12 @@ class RecordingProxy:
                 pass
 
             def _forward(self) -> None:
+                arrived = time.monotonic()
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy._lock:
-                    proxy.arrivals.append((self.path, time.monotonic()))
+                    proxy.arrivals.append((self.path, arrived, body))
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=600)
                 try:
@@ -271,6 +286,8 @@ class RecordingProxy:
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client went away (killed on purpose)
                 finally:
                     conn.close()
 
@@ -296,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="tiny")
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args(argv)
+    # Ctrl-C and SIGTERM both unwind the `with` (which stops vLLM), even where a shell
+    # started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with VLLMServer(args.model_dir.resolve(), name=args.name, port=args.port) as server:
         print(f"serving {server.name!r} at {server.base_url} (Ctrl-C stops)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
