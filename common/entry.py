@@ -15,11 +15,14 @@ from common.status import StatusRecord, write_termination_message
 log = logging.getLogger("airgap-eval")
 
 
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(
-        f"stopped by {signal.Signals(signum).name}",
-        "rerun the same command: work already done is kept and resumed",
-    )
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler. A BaseException, like KeyboardInterrupt, so that
+    `except Exception` retry loops inside libraries (lm_eval wraps each request in tenacity)
+    cannot swallow it."""
+
+
+def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signal.Signals(signum).name)
 
 
 def run_guarded(
@@ -29,14 +32,17 @@ def run_guarded(
     termination_log: Path | None = None,
 ) -> int:
     """Run `fn`, then record how it ended in `status` (written to `status_path`)."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     error: AirgapError | None = None
     try:
         fn()
     except AirgapError as e:
         error = e
-    except KeyboardInterrupt:
-        error = Interrupted("interrupted", "rerun the same command to resume")
+    except (KeyboardInterrupt, Terminated) as e:
+        error = Interrupted(
+            f"stopped by {e or 'SIGINT'}",
+            "rerun the same command: work already done is kept and resumed",
+        )
     except Exception as e:  # the last resort: an unexpected bug still ends in a record
         log.debug("unexpected error", exc_info=True)
         error = AirgapError(

@@ -42,3 +42,20 @@ def test_success_records_completed(tmp_path: Path) -> None:
     code = run_guarded(lambda: None, StatusRecord(component="upload"), tmp_path / "s.json")
     rec = read_status(tmp_path / "s.json")
     assert code == 0 and rec is not None and rec.state == "completed" and rec.seconds is not None
+
+
+def test_sigterm_is_not_swallowed_by_except_exception(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    def retry_loop_that_catches_everything() -> None:
+        for _ in range(3):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            except Exception:  # what tenacity-style retry loops do
+                continue
+
+    code = run_guarded(retry_loop_that_catches_everything, StatusRecord(component="run"), tmp_path / "s.json")
+    rec = read_status(tmp_path / "s.json")
+    assert code == 130 and rec is not None and rec.error is not None
+    assert "SIGTERM" in rec.error.message
