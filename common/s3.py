@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,16 @@ _AUTH_CODES = {
     "403",
     "401",
 }
+_S5CMD_CODE = re.compile(r"^(\w+):")
+_S5CMD_STATUS = re.compile(r"status code: (\d{3})")
+_S5CMD_UNREACHABLE = (
+    "connection refused",
+    "no such host",
+    "dial tcp",
+    "x509",
+    "tls:",
+    "connection reset",
+)
 _NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
 _SERVER_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"}
 
@@ -164,3 +176,41 @@ def s5cmd_args(conn: S3Connection, workers: int) -> list[str]:
     if not conn.verify_ssl:
         args.append("--no-verify-ssl")
     return args
+
+
+def s5cmd_error(text: str, conn: S3Connection, bucket: str, what: str) -> AirgapError:
+    """One s5cmd error text -> the same typed error boto3's would give."""
+    where = conn.endpoint or "AWS S3"
+    low = text.lower()
+    if any(s in low for s in _S5CMD_UNREACHABLE):
+        return UnreachableError(
+            f"cannot reach S3 endpoint {where} while {what}: {text}",
+            "check AWS_S3_ENDPOINT (scheme, host, port) and the network path; for a private "
+            "CA set AWS_CA_BUNDLE",
+        )
+    if "timeout" in low or "deadline exceeded" in low:
+        return DeadlineError(
+            f"S3 endpoint {where} timed out while {what}: {text}",
+            "check that the endpoint is reachable from this pod or raise TEST_DATA_S3_TIMEOUT",
+        )
+    if "nocredentialproviders" in low:
+        return ConfigError(
+            f"no S3 credentials found while {what}",
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (env or secret files), or run "
+            "with an IAM role",
+        )
+    code = m.group(1) if (m := _S5CMD_CODE.match(text)) else ""
+    status = m.group(1) if (m := _S5CMD_STATUS.search(text)) else ""
+    return error_for_code(code, status, text, conn, bucket, what)
+
+
+def s5cmd_error_lines(output: str) -> list[str]:
+    out = []
+    for line in output.splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue  # s5cmd's plain WARN lines
+        if isinstance(msg, dict) and msg.get("error"):
+            out.append(str(msg["error"]))
+    return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import threading
@@ -15,71 +14,20 @@ from pathlib import Path
 
 from common.errors import (
     AirgapError,
-    ConfigError,
-    DeadlineError,
     NotFoundError,
-    UnreachableError,
 )
-from common.s3 import S3Object, error_for_code, folder, s5cmd_args
+from common.s3 import S3Object, folder, s5cmd_args, s5cmd_error, s5cmd_error_lines
 from common.s3settings import S3Connection
 from initcontainer.deadline import Deadline
 from initcontainer.failures import worst
 from initcontainer.plan import Item
 
-_CODE = re.compile(r"^(\w+):")
-_STATUS = re.compile(r"status code: (\d{3})")
-_UNREACHABLE = (
-    "connection refused",
-    "no such host",
-    "dial tcp",
-    "x509",
-    "tls:",
-    "connection reset",
-)
 # s5cmd treats these as wildcards in a source URL: such prefixes are listed with boto3.
 GLOB_CHARS = "*?["
 
 
 def _env(conn: S3Connection) -> dict[str, str]:
     return {**os.environ, **conn.env()}
-
-
-def translate(text: str, conn: S3Connection, bucket: str, what: str) -> AirgapError:
-    """One s5cmd error text -> the typed error that says what to fix."""
-    where = conn.endpoint or "AWS S3"
-    low = text.lower()
-    if any(s in low for s in _UNREACHABLE):
-        return UnreachableError(
-            f"cannot reach S3 endpoint {where} while {what}: {text}",
-            "check AWS_S3_ENDPOINT (scheme, host, port) and the network path; for a private "
-            "CA set AWS_CA_BUNDLE",
-        )
-    if "timeout" in low or "deadline exceeded" in low:
-        return DeadlineError(
-            f"S3 endpoint {where} timed out while {what}: {text}",
-            "check that the endpoint is reachable from this pod or raise TEST_DATA_S3_TIMEOUT",
-        )
-    if "nocredentialproviders" in low:
-        return ConfigError(
-            f"no S3 credentials found while {what}",
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (env or secret files), or run "
-            "with an IAM role",
-        )
-    code = m.group(1) if (m := _CODE.match(text)) else ""
-    status = m.group(1) if (m := _STATUS.search(text)) else ""
-    return error_for_code(code, status, text, conn, bucket, what)
-
-
-def _errors(stderr: str) -> list[str]:
-    out = []
-    for line in stderr.splitlines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue  # s5cmd's plain WARN lines
-        if isinstance(msg, dict) and msg.get("error"):
-            out.append(str(msg["error"]))
-    return out
 
 
 def list_objects(
@@ -107,9 +55,9 @@ def list_objects(
             S3Object(key, key[len(base) :], int(msg.get("size", 0)), msg.get("etag", ""))
         )
     if proc.returncode != 0:
-        errors = [e for e in _errors(proc.stderr) if "no object found" not in e]
+        errors = [e for e in s5cmd_error_lines(proc.stderr) if "no object found" not in e]
         if errors:
-            raise worst([translate(e, conn, bucket, what) for e in errors], 1)
+            raise worst([s5cmd_error(e, conn, bucket, what) for e in errors], 1)
         if not objects and "no object found" not in proc.stderr:
             raise AirgapError(f"s5cmd failed while {what}: {proc.stderr.strip()[-500:]}")
     return objects
@@ -194,11 +142,11 @@ def copy(
     if timed_out.is_set():
         raise deadline.error(what)
     if proc.returncode != 0:
-        errors = _errors("".join(stderr))
+        errors = s5cmd_error_lines("".join(stderr))
         if not errors:
             tail = "".join(stderr).strip()[-500:]
             raise AirgapError(f"s5cmd exited with {proc.returncode} while {what}: {tail}")
-        raise worst([translate(e, conn, bucket, what) for e in errors], len(items))
+        raise worst([s5cmd_error(e, conn, bucket, what) for e in errors], len(items))
     if done < len(items):
         raise NotFoundError(
             f"{len(items) - done} of {len(items)} objects vanished from s3://{bucket}/ "

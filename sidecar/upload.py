@@ -5,7 +5,6 @@ A re-run uploads only what changed; `sync_until` retries with backoff up to a de
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shlex
@@ -33,7 +32,17 @@ from common.layout import (
     validate_relative_key,
 )
 from common.manifest import FileEntry, Manifest, iter_tree
-from common.s3 import S3Object, client, list_folder, s5cmd_args, s5cmd_binary, translate
+from common.s3 import (
+    S3Object,
+    client,
+    list_folder,
+    s5cmd_args,
+    s5cmd_binary,
+    s5cmd_error,
+    s5cmd_error_lines,
+    translate,
+)
+from common.s3settings import S3Connection
 from sidecar.config import UploadConfig
 
 log = logging.getLogger("airgap-eval.upload")
@@ -42,7 +51,6 @@ _CHUNK = 1 << 20
 _MARKERS = {DONE_MARKER, UPLOADED_MARKER}
 # Errors that waiting does not fix: retrying them only burns the deadline.
 _FATAL = (AuthError, NotFoundError, ConfigError, UnsafePathError)
-_S5CMD_AUTH = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "status code: 403")
 _MAX_BACKOFF = 10.0
 
 
@@ -139,19 +147,11 @@ class Scanner:
             return {f.rel: f for f in found if f is not None}
 
 
-def _s5cmd_error(lines: list[str], where: str) -> AirgapError:
+def _s5cmd_error(lines: list[str], conn: S3Connection, bucket: str, where: str) -> AirgapError:
     text = "; ".join(lines[:3]) or "no output"
-    if any(w in text for w in _S5CMD_AUTH):
-        return AuthError(
-            f"{where} refused the credentials: {text}",
-            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (env or secret files) and that "
-            "they may write the bucket",
-        )
-    if "NoSuchBucket" in text:
-        return NotFoundError(
-            f"bucket not found at {where}: {text}", "create the bucket or fix --dest"
-        )
-    return UploadError(f"s5cmd failed uploading to {where}: {text}", "check the S3 endpoint")
+    err = s5cmd_error(text, conn, bucket, f"uploading to {where}")
+    # An error s5cmd's text does not classify is still an upload failure, not a bug.
+    return err if type(err) is not AirgapError else UploadError(err.message, "check the S3 endpoint")
 
 
 class Uploader:
@@ -232,17 +232,8 @@ class Uploader:
                 f"s5cmd did not finish uploading to {self.uri} within {timeout:.0f} s"
             ) from None
         if proc.returncode != 0:
-            errors = []
-            for line in (proc.stdout + proc.stderr).splitlines():
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    if line.strip():
-                        errors.append(line.strip())
-                    continue
-                if isinstance(item, dict) and item.get("error"):
-                    errors.append(str(item["error"]))
-            raise _s5cmd_error(errors, self.cfg.conn.endpoint or "AWS S3")
+            errors = s5cmd_error_lines(proc.stdout + proc.stderr) or [proc.stderr.strip()]
+            raise _s5cmd_error(errors, self.cfg.conn, self.cfg.bucket, self.uri)
 
     def _transfer_boto3(self, files: list[LocalFile]) -> None:
         def put(f: LocalFile) -> None:

@@ -34,17 +34,3 @@ def test_wildcard_copy_stays_inside_its_target(tmp_path: Path) -> None:
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["a/b/partial/a..b.txt", "a/b/partial/ok.txt", "cmds"]
 
-
-def test_error_texts_map_to_typed_errors() -> None:
-    conn = S3Connection(endpoint="http://s3.local:9000")
-    cases = {
-        "SignatureDoesNotMatch: The request signature ... status code: 403": "AUTH",
-        "InvalidAccessKeyId: ... status code: 403, request id: x": "AUTH",
-        "NoSuchBucket: The specified bucket does not exist status code: 404": "NOT_FOUND",
-        'RequestError: send request failed caused by: Get "http://h/b": dial tcp: connection '
-        "refused": "UNREACHABLE",
-        "InternalError: We encountered an internal error status code: 500": "UNREACHABLE",
-        "NoCredentialProviders: no valid providers in chain": "CONFIG",
-    }
-    for text, code in cases.items():
-        assert s5cmd.translate(text, conn, "b", "listing").code == code, text
