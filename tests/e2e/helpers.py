@@ -108,7 +108,10 @@ def hf_reference(
         args += ["--limit", str(limit)]
     env = vllm_python_env({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
     proc = subprocess.run(args, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env)
-    assert proc.returncode == 0, f"hf reference failed:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"hf reference failed:\n{proc.stderr[-4000:]}\n(the vLLM venv needs lm_eval's hf model: "
+        f"{vllm_python().parent / 'pip'} install lm-eval==0.4.13 accelerate)"
+    )
     return dict(json.loads(out.read_text()))
 
 
