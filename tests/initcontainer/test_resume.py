@@ -18,7 +18,7 @@ from initcontainer.state import SyncState, state_dir
 from initcontainer.sync import sync
 from tests.initcontainer.conftest import manifest_for, put_tree, tree
 
-N_FILES = 40
+N_FILES = 60
 
 
 @pytest.mark.parametrize("engine", ["s5cmd", "boto3"])
@@ -38,7 +38,7 @@ def test_resume_after_server_killed_mid_transfer(tmp_path: Path, engine: str) ->
             env=base | env, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         end = time.monotonic() + 30
-        while len(tree(dest) if dest.exists() else {}) < 4 and time.monotonic() < end:
+        while len(tree(dest) if dest.exists() else {}) < 2 and time.monotonic() < end:
             time.sleep(0.01)
         server.kill()  # mid-transfer: a few files in place, the rest not
         _, stderr = proc.communicate(timeout=60)
@@ -46,7 +46,7 @@ def test_resume_after_server_killed_mid_transfer(tmp_path: Path, engine: str) ->
         assert proc.returncode in (ExitCode.UNREACHABLE, ExitCode.TIMEOUT), stderr
         assert "Traceback" not in stderr
         landed = set(SyncState.load(dest).entries)
-        assert 4 <= len(landed) < len(files), "the kill did not land mid-transfer"
+        assert 2 <= len(landed) < len(files), "the kill did not land mid-transfer"
         # No half-written file sits at a final path: each one is complete or absent.
         for rel, body in tree(dest).items():
             assert body == files[f"data/{rel}"], rel
