@@ -15,7 +15,8 @@ from airgap_eval.modelserver import VLLMServer
 from airgap_eval.tiny import TinyAssets
 from tests.e2e.helpers import airgap_run, explain, job_spec, read_results, read_samples
 
-pytestmark = pytest.mark.e2e
+# The first test also waits for the shared vLLM server (up to minutes on a busy machine).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 TASKS = ["arc_easy", "blimp_adjunct_island"]
 LIMIT = 20

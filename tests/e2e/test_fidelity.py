@@ -22,7 +22,8 @@ from tests.e2e.helpers import (
     tree_snapshot,
 )
 
-pytestmark = pytest.mark.e2e
+# The first test also waits for the shared vLLM server (up to minutes on a busy machine).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 # A blimp subgroup's member, arc_easy, hellaswag (process_docs .map on read-only data) and
 # gsm8k (generation, its default 5-shot from the train split).

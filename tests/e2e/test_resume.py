@@ -25,7 +25,8 @@ from tests.e2e.helpers import (
     scores,
 )
 
-pytestmark = pytest.mark.e2e
+# The first test also waits for the shared vLLM server (up to minutes on a busy machine).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 TASKS = ["arc_easy", "blimp_adjunct_island", "hellaswag"]  # 20 + 12 + 12 loglikelihood requests
 
