@@ -21,14 +21,13 @@ from adapter.jobspec import (
     RunParameters,
     api_base,
     endpoint_url,
-    parse_job_spec,
     parse_parameters,
-    read_spec_file,
     task_names,
 )
 from adapter.outputs import LOG_NAME, StatusWriter, redact_files, wait_uploaded, write_done
 from common.entry import run_guarded
 from common.errors import AirgapError, ConfigError
+from common.jobspec import parse_job_spec, read_spec_file
 from common.logs import register_secret, setup_logging
 from common.status import StatusRecord
 

@@ -7,27 +7,18 @@ light imports here: this runs before the offline env is set.
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 from evalhub.adapter import JobSpec
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from common.errors import ConfigError
+from common.jobspec import field_errors
 
 log = logging.getLogger(__name__)
 
-PROVIDER_ID = "lm_evaluation_harness"
 MAX_CONCURRENT = 128  # EvalHub's lm_eval adapter clamps to the same bound
-# Defaults for the EvalHub bookkeeping fields a stand-alone spec may leave out.
-_STANDALONE_DEFAULTS: dict[str, Any] = {
-    "provider_id": PROVIDER_ID,
-    "benchmark_index": 0,
-    "callback_url": "",
-    "parameters": {},
-}
 
 
 class RunParameters(BaseModel):
@@ -81,55 +72,16 @@ class RunParameters(BaseModel):
     verify_certificate: bool = True
 
 
-def _field_errors(err: ValidationError, prefix: str) -> str:
-    parts = []
-    for e in err.errors():
-        where = prefix + ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown field {where!r}")
-        else:
-            parts.append(f"{where}: {e['msg']}")
-    return "; ".join(parts)
-
-
 def parse_parameters(raw: dict[str, Any]) -> RunParameters:
     try:
         return RunParameters.model_validate(raw)
     except ValidationError as e:
         known = sorted(RunParameters.model_fields)
         raise ConfigError(
-            f"job spec: {_field_errors(e, 'parameters.')}",
+            f"job spec: {field_errors(e, 'parameters.')}",
             f"fix the job spec; known parameters: {', '.join(known)} "
             "(EvalHub aliases: num_few_shot, random_seed, timeout_seconds, parameters)",
         ) from None
-
-
-def parse_job_spec(data: dict[str, Any], source: str = "job spec") -> JobSpec:
-    unknown = sorted(set(data) - set(JobSpec.model_fields))
-    if unknown:  # newer EvalHub versions may add fields: warn, don't fail
-        log.warning("%s: ignoring unknown top-level fields %s", source, unknown)
-    try:
-        return JobSpec.model_validate(_STANDALONE_DEFAULTS | data)
-    except ValidationError as e:
-        raise ConfigError(
-            f"{source}: {_field_errors(e, '')}",
-            "fix the job spec; required: id, benchmark_id, model.name (see docs/adapter.md)",
-        ) from None
-
-
-def read_spec_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            f"job spec {path} not found",
-            "pass --job-spec PATH or set EVALHUB_JOB_SPEC_PATH (EvalHub mounts /meta/job.json)",
-        ) from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"job spec {path} is not readable JSON: {e}", "fix the file") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"job spec {path}: expected a JSON object", "see docs/adapter.md")
-    return data
 
 
 def api_base(url: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from common.errors import ConfigError
+from common.jobspec import parse_job_spec, read_spec_file
 from common.layout import DEFAULT_RESULTS, TERMINATION_LOG
 from common.logs import register_secret
 from common.s3 import parse_s3_uri
@@ -142,16 +143,7 @@ def load_job_spec(args: argparse.Namespace, env: Mapping[str, str]) -> JobSpec |
                 "fix --job-spec / EVALHUB_JOB_SPEC_PATH, or leave both unset to run without one",
             )
         return None
-    from evalhub.adapter import JobSpec  # deferred: the SDK import costs ~0.4 s
-
-    try:
-        return JobSpec.from_file(path)
-    except ValueError as e:
-        raise ConfigError(
-            f"job spec {path} is not a valid EvalHub job spec: {e}",
-            "fix the JSON (fields id, provider_id, benchmark_id, benchmark_index, model, "
-            "parameters, callback_url)",
-        ) from None
+    return parse_job_spec(read_spec_file(path), f"job spec {path}")
 
 
 def _model_secrets(env: Mapping[str, str]) -> list[str]:

@@ -12,12 +12,11 @@ from adapter.config import merge_overrides, parser, resolve
 from adapter.jobspec import (
     api_base,
     endpoint_url,
-    parse_job_spec,
     parse_parameters,
-    read_spec_file,
     task_names,
 )
 from common.errors import ConfigError
+from common.jobspec import parse_job_spec, read_spec_file
 
 EVALHUB_SPEC = {
     "id": "job-7",
