@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter import egress, offline
 from adapter.config import RunConfig, merge_overrides, parser, resolve
-from adapter.events import Events, job_results
+from adapter.events import Events, SdkAdapter, job_results
 from adapter.jobspec import (
     RunParameters,
     api_base,
@@ -91,11 +91,18 @@ class Run:
             self.writer.stop()
 
     def _execute(self, start: float) -> None:
-        cfg = self.cfg
         spec, params = self.load_spec()
         self.spec = spec
         self.status.job_id, self.status.benchmark_id = spec.id, spec.benchmark_id
-        self.events = Events(spec, "sidecar" if cfg.terminal_events == "sidecar" else "adapter")
+        adapter = SdkAdapter(spec, lambda config, _callbacks: self._job(config, params, start))
+        self.events = Events(
+            adapter, "sidecar" if self.cfg.terminal_events == "sidecar" else "adapter"
+        )
+        self.results = adapter.run_benchmark_job(adapter.job_spec, self.events.callbacks)
+
+    def _job(self, spec: JobSpec, params: RunParameters, start: float) -> JobResults:
+        """The body of the SDK's run_benchmark_job: preflight, evaluation, outputs."""
+        cfg = self.cfg
         self._phase("initializing")
         names = task_names(spec, params)
         api_key = _model_api_key(spec, cfg.work_dir)
@@ -137,10 +144,14 @@ class Run:
         if layout.offline:
             tokenizer = (
                 preflight.tokenizer_source(cfg.test_data, params.tokenizer, offline=True)
-                if completions else None
+                if completions
+                else None
             )
             problems, fix = preflight.check_data(
-                cfg.test_data, names, index, tokenizer or params.tokenizer,
+                cfg.test_data,
+                names,
+                index,
+                tokenizer or params.tokenizer,
                 [Path(p) for p in params.include_path or []],
             )
             if completions and tokenizer is None and not params.tokenizer:
@@ -153,8 +164,13 @@ class Run:
             problems, fix or preflight.stage_command(names, params.tokenizer, cfg.test_data)
         )
         endpoint = preflight.check_endpoint(
-            api_base(spec.model.url), spec.model.name, params.model_type, api_key,
-            verify=params.verify_certificate, attempts=params.max_retries, timeout=params.timeout,
+            api_base(spec.model.url),
+            spec.model.name,
+            params.model_type,
+            api_key,
+            verify=params.verify_certificate,
+            attempts=params.max_retries,
+            timeout=params.timeout,
         )
 
         self._phase("loading_data")
@@ -173,11 +189,13 @@ class Run:
             max_gen_toks=params.max_gen_toks,
             verify_certificate=params.verify_certificate,
         )
-        metadata: dict[str, Any] = {"pretrained": spec.model.name, "tokenizer": tokenizer,
-                                    "max_length": settings.max_length} | (params.metadata or {})
+        metadata: dict[str, Any] = {
+            "pretrained": spec.model.name,
+            "tokenizer": tokenizer,
+            "max_length": settings.max_length,
+        } | (params.metadata or {})
         built = ev.build_tasks(names, resolution.folders, metadata)
-        preflight.check_tasks(built.tasks, params.model_type, endpoint,
-                              params.allow_code_execution)
+        preflight.check_tasks(built.tasks, params.model_type, endpoint, params.allow_code_execution)
 
         self._phase("running_evaluation")
         progress = RunProgress()
@@ -215,14 +233,20 @@ class Run:
         redact_files(files)
         metrics = ev.flat_metrics(results)
         self.status.metrics = metrics
-        primary = spec.primary_score.metric if spec.primary_score else ev.default_primary(
-            results, names)
+        primary = (
+            spec.primary_score.metric if spec.primary_score else ev.default_primary(results, names)
+        )
         if primary is not None:
             self.status.primary_score = {"metric": primary, "value": metrics.get(primary)}
-        self.results = job_results(
-            spec, metrics, ev.examples_evaluated(results), time.monotonic() - start,
-            {"results_files": [f.name for f in files], "lm_eval_version": results.get(
-                "lm_eval_version") or _version("lm_eval")},
+        return job_results(
+            spec,
+            metrics,
+            ev.examples_evaluated(results),
+            time.monotonic() - start,
+            {
+                "results_files": [f.name for f in files],
+                "lm_eval_version": results.get("lm_eval_version") or _version("lm_eval"),
+            },
         )
 
 

@@ -10,10 +10,14 @@ The SDK logs and swallows delivery failures: a lost event never fails the job.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 from evalhub.adapter import (
+    AdapterSettings,
     DefaultCallbacks,
+    FrameworkAdapter,
+    JobCallbacks,
     JobPhase,
     JobResults,
     JobSpec,
@@ -31,29 +35,39 @@ TerminalOwner = Literal["adapter", "sidecar"]
 _PHASES = {p.value: p for p in JobPhase}
 
 
+JobBody = Callable[[JobSpec, JobCallbacks], JobResults]
+
+
+class SdkAdapter(FrameworkAdapter):
+    """eval-hub-sdk's provider contract around our job body. The spec is the one we parsed
+    (stand-alone defaults, flag overrides) rather than the SDK's strict re-read; in return
+    `DefaultCallbacks.from_adapter` wires the SDK's own settings (TLS, OCI, MLflow, tracing)."""
+
+    def __init__(self, spec: JobSpec, body: JobBody) -> None:
+        self._parsed_spec, self._body = spec, body
+        super().__init__(settings=AdapterSettings.from_env())
+
+    def _load_job_spec(self) -> JobSpec:
+        return self._parsed_spec
+
+    def run_benchmark_job(self, config: JobSpec, callbacks: JobCallbacks) -> JobResults:
+        return self._body(config, callbacks)
+
+
 class Events:
-    def __init__(self, spec: JobSpec, terminal: TerminalOwner) -> None:
-        self.spec = spec
+    def __init__(self, adapter: SdkAdapter, terminal: TerminalOwner) -> None:
         self.terminal = terminal
-        self.callbacks: DefaultCallbacks | None = None
-        if spec.callback_url:
-            self.callbacks = DefaultCallbacks(
-                job_id=spec.id,
-                benchmark_id=spec.benchmark_id,
-                provider_id=spec.provider_id,
-                benchmark_index=spec.benchmark_index,
-                sidecar_url=spec.callback_url,
-                primary_score=spec.primary_score,
-            )
+        self.callbacks = DefaultCallbacks.from_adapter(adapter)
+        self.enabled = bool(adapter.job_spec.callback_url)  # else nothing is sent
 
     def phase(self, phase: str) -> None:
-        if self.callbacks is not None and phase in _PHASES:
+        if self.enabled and phase in _PHASES:
             self.callbacks.report_status(
                 JobStatusUpdate(status=JobStatus.RUNNING, phase=_PHASES[phase])
             )
 
     def finish(self, status: StatusRecord, results: JobResults | None) -> None:
-        if self.callbacks is None or self.terminal != "adapter":
+        if not self.enabled or self.terminal != "adapter":
             return
         if status.state == "completed" and results is not None:
             self.callbacks.report_results(results)
@@ -87,4 +101,3 @@ def job_results(
         duration_seconds=seconds,
         evaluation_metadata=extra,
     )
-
