@@ -67,13 +67,6 @@ def _run(args: list[str], env: dict[str, str], what: str) -> None:
         )
 
 
-def _read_only(root: Path) -> None:
-    """As EvalHub mounts /test_data: the adapter must not need to write there."""
-    for path in [root, *root.rglob("*")]:
-        mode = path.stat().st_mode
-        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
 def _job_spec(model_url: str, tasks: list[str], limit: int | None) -> dict[str, Any]:
     return {
         "id": "demo-job",
@@ -103,7 +96,7 @@ def _scores(results_dir: Path) -> list[tuple[str, str, float]]:
 def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
     from adapter.stage import upload_tree
     from airgap_eval.modelserver import VLLMServer
-    from airgap_eval.tiny import build_all
+    from airgap_eval.tiny import build_all, read_only
     from common.manifest import Manifest
     from common.s3 import client
 
@@ -146,7 +139,7 @@ def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
         t = _step(5, "init container: airgap-eval sync")
         sync_env = env | {"TEST_DATA_S3_BUCKET": DATA_BUCKET, "TEST_DATA_S3_KEY": "demo/v1"}
         _run(_cli("sync", "--dest", str(pod / "test_data")), sync_env, "sync")
-        _read_only(pod / "test_data")
+        read_only(pod / "test_data")
         log.info("      synced and made read-only (%.1f s)", time.monotonic() - t)
 
         t = _step(6, "adapter: airgap-eval run, with the sidecar (airgap-eval upload) watching")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -340,6 +342,15 @@ def build_test_data(root: Path) -> Path:
     manifest = build_manifest(root, versions=_versions(), tasks=tasks, tokenizer=TOKENIZER_DIR_NAME)
     manifest.dump(root / MANIFEST_NAME)
     return root
+
+
+def read_only(root: Path) -> None:
+    """chmod a-w over a tree, as EvalHub mounts /test_data (root ignores it; tests that run
+    as root also compare the tree before and after)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, ""]:
+            p = Path(dirpath) / name
+            p.chmod(stat.S_IMODE(p.stat().st_mode) & ~0o222)
 
 
 @dataclass(frozen=True)

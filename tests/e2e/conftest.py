@@ -3,25 +3,13 @@ serving the tiny model (started once; never two at a time on a small machine).""
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from airgap_eval.modelserver import VLLMServer, vllm_python
-from airgap_eval.tiny import TinyAssets, build_all
+from airgap_eval.tiny import TinyAssets, build_all, read_only
 from common.errors import ConfigError
-
-
-def _read_only(root: Path) -> None:
-    """chmod a-w, as EvalHub mounts /test_data. (root ignores it: the tests also compare
-    the tree before and after a run.)"""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames, ""]:
-            p = Path(dirpath) / name
-            p.chmod(stat.S_IMODE(p.stat().st_mode) & ~0o222)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +23,7 @@ def vllm_ready() -> None:
 @pytest.fixture(scope="session")
 def tiny_assets(vllm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
     assets = build_all(tmp_path_factory.mktemp("tiny"))
-    _read_only(assets.test_data)
+    read_only(assets.test_data)
     return assets
 
 
