@@ -17,7 +17,7 @@ Engine = Literal["auto", "s5cmd", "boto3"]
 ENGINES: tuple[Engine, ...] = ("auto", "s5cmd", "boto3")
 # EvalHub's default download timeout (service.test_data_ref.download_timeout).
 DEFAULT_TIMEOUT_S = 600.0
-DEFAULT_WORKERS = 64
+DEFAULT_WORKERS = 256  # s5cmd's own default: small files need many in flight (boto3 caps at 32)
 # EvalHub sets the unified name on newer releases; it wins over the S3-specific one.
 TIMEOUT_ENVS = ("TEST_DATA_DOWNLOAD_TIMEOUT", "TEST_DATA_S3_TIMEOUT")
 
