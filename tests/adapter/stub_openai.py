@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.httpstub import serving
 
 
 @dataclass
@@ -66,13 +67,5 @@ class _Handler(BaseHTTPRequestHandler):
 @contextmanager
 def stub_server(fault: Fault) -> Iterator[str]:
     """Yields the base URL (http://127.0.0.1:PORT/v1)."""
-    handler = type("Handler", (_Handler,), {"fault": fault})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(type("Handler", (_Handler,), {"fault": fault})) as port:
+        yield f"http://127.0.0.1:{port}/v1"

@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from xml.sax.saxutils import escape
+
+from tests.httpstub import serving
 
 
 def _listing(bucket: str, keys: list[str]) -> bytes:
@@ -60,13 +62,8 @@ def stub_s3(keys: list[str], stall_get: bool = False) -> Iterator[str]:
             if not head:
                 self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as port:
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop.set()  # before the server's shutdown: stalled handlers wait on it

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 from airgap_eval.localservers import SeaweedS3
 from common.s3 import client
 from common.status import StatusRecord
+from tests.httpstub import serving
 
 REPO = Path(__file__).resolve().parents[2]
 JOB_ID, BENCH = "job-123", "arc_easy"
@@ -120,13 +121,9 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield rec
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as port:
+        rec.url = f"http://127.0.0.1:{port}"
+        yield rec
 
 
 def write_spec(path: Path, callback_url: str, **model: Any) -> Path:
