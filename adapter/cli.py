@@ -18,6 +18,7 @@ from adapter import egress, offline
 from adapter.config import RunConfig, merge_overrides, parser, resolve
 from adapter.events import Events, SdkAdapter, job_results
 from adapter.jobspec import (
+    MAX_CONCURRENT,
     RunParameters,
     api_base,
     endpoint_url,
@@ -182,7 +183,7 @@ class Run:
             max_length=ev.resolve_max_length(
                 params.max_length, endpoint.max_model_len, params.model_type
             ),
-            num_concurrent=min(params.num_concurrent, 128),
+            num_concurrent=min(params.num_concurrent, MAX_CONCURRENT),
             max_retries=params.max_retries,
             timeout=params.timeout,
             batch_size=params.batch_size,

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 HEAVY_MODULES = ("datasets", "transformers", "huggingface_hub", "lm_eval", "evaluate", "nltk")
 NLTK_DIR_NAME = "nltk_data"  # staged nltk data: <test_data>/nltk_data/tokenizers/punkt_tab
-EVALUATE_DIR_NAME = "evaluate_modules"  # staged `evaluate` metric modules
 
 
 @dataclass(frozen=True)

@@ -103,12 +103,10 @@ def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> s
 
 def check_tokenizer(source: str) -> str | None:
     """A problem line, or None when the tokenizer loads."""
-    from transformers import AutoTokenizer
+    from adapter.verify import tokenizer_load_error
 
-    try:
-        AutoTokenizer.from_pretrained(source)
-    except Exception as e:  # transformers raises OSError, ValueError, KeyError...
-        return f"tokenizer {source} does not load with this image's transformers: {str(e)[:300]}"
+    if error := tokenizer_load_error(source, local_only=False):  # online: an HF id may download
+        return f"tokenizer {source} does not load with this image's transformers: {error}"
     return None
 
 

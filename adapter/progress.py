@@ -17,7 +17,6 @@ from typing import Any
 from lm_eval.api.model import CacheHook, hash_args
 
 log = logging.getLogger("airgap-eval.progress")
-REQUEST_METHODS = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 
 
 class RunProgress:

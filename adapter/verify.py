@@ -134,15 +134,22 @@ def _check_bundle(path: Path, splits: list[str], manifest: Manifest | None) -> t
     return "ok", ""
 
 
-def _check_tokenizer(path: Path) -> tuple[Status, str]:
-    if not path.is_dir():
-        return "missing", f"{path} not found"
+def tokenizer_load_error(source: str, local_only: bool = True) -> str | None:
+    """Why `AutoTokenizer` cannot load `source` with this transformers, or None."""
     try:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except Exception as e:  # transformers raises OSError, ValueError, AttributeError, ...
-        return "unreadable", f"{type(e).__name__}: {str(e)[:300]}"
+        return f"{type(e).__name__}: {str(e)[:300]}"
+    return None
+
+
+def _check_tokenizer(path: Path) -> tuple[Status, str]:
+    if not path.is_dir():
+        return "missing", f"{path} not found"
+    if error := tokenizer_load_error(str(path)):
+        return "unreadable", error
     return "ok", ""
 
 

@@ -92,10 +92,6 @@ class VLLMServer:
         """The OpenAI-style base URL (what `model.url` in a job spec gets)."""
         return f"{self.root_url}/v1"
 
-    @property
-    def completions_url(self) -> str:
-        return f"{self.base_url}/completions"
-
     def command(self) -> list[str]:
         return [
             str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server",

@@ -21,7 +21,3 @@ class Deadline:
             "raise TEST_DATA_S3_TIMEOUT (e.g. 30m) or check the network path to S3; "
             "a rerun keeps the files already in place",
         )
-
-    def check(self, doing: str) -> None:
-        if self.remaining() <= 0:
-            raise self.error(doing)
