@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write
 from common.layout import DONE_MARKER, STATUS_NAME, UPLOADED_MARKER
 from common.logs import redact
 from common.status import StatusRecord
@@ -85,10 +86,7 @@ def redact_files(paths: list[Path]) -> None:
 
 
 def write_done(output_dir: Path, exit_code: int) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".{DONE_MARKER}.tmp"
-    tmp.write_text(f"{exit_code}\n")
-    tmp.replace(output_dir / DONE_MARKER)
+    atomic_write(output_dir / DONE_MARKER, f"{exit_code}\n")
 
 
 def wait_uploaded(output_dir: Path, timeout_s: float, poll_s: float = 0.2) -> bool:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
@@ -90,10 +92,7 @@ def build_index(include_path: list[Path] | None = None, include_defaults: bool =
 
 
 def write_index(path: Path, index: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(index, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(index, default=str))
 
 
 def load_index(path: Path | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stage": ("adapter.stage_cli", "stage datasets + tokenizer for tasks (connected machine)"),
     "verify": ("adapter.stage_cli", "prove a staged tree covers a job"),
     "slugs": ("adapter.stage_cli", "print the slugs (bundle dirs) tasks need"),
-    "demo": ("airgap_eval.demo", "the whole pod locally: SeaweedFS, vLLM, sync -> run -> upload"),
+    "demo": ("testbed.demo", "the whole pod locally: SeaweedFS, vLLM, sync -> run -> upload"),
 }
 
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airgap_eval.modelserver import RecordingProxy, VLLMServer
-from airgap_eval.tiny import TinyAssets, build_all
+from testbed.modelserver import RecordingProxy, VLLMServer
+from testbed.tiny import TinyAssets, build_all
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "benchmarks"

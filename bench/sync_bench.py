@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from airgap_eval.localservers import SeaweedS3
+from testbed.localservers import SeaweedS3
 
 BUCKET = "bench"
 

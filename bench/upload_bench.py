@@ -25,10 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from airgap_eval.localservers import SeaweedS3  # noqa: E402
 from common.manifest import Manifest, entries_for, iter_tree  # noqa: E402
 from common.s3 import client, s5cmd_binary  # noqa: E402
 from common.status import StatusRecord  # noqa: E402
+from testbed.localservers import SeaweedS3  # noqa: E402
 
 BUCKET = "bench"
 

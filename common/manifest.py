@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from common.atomic import atomic_write
 from common.layout import MANIFEST_NAME, STATE_DIR_NAME
 
 FORMAT_VERSION = 1
@@ -44,9 +45,11 @@ class Manifest(BaseModel):
         return cls.model_validate_json(path.read_bytes())
 
     def dump(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.model_dump_json(indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, self.model_dump_json(indent=1))
+
+
+# Hashing threads: hashlib frees the GIL on large buffers, so a few per core pay off.
+HASH_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 
 
 def sha256_file(path: Path) -> str:
@@ -60,7 +63,7 @@ def sha256_file(path: Path) -> str:
 def hash_files(paths: Iterable[Path], workers: int | None = None) -> dict[Path, str]:
     """sha256 of many files at once: hashlib releases the GIL on large buffers."""
     paths = list(paths)
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    workers = workers or HASH_WORKERS
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(zip(paths, pool.map(sha256_file, paths), strict=True))
 

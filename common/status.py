@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from common.atomic import atomic_write
 from common.errors import AirgapError
 from common.layout import TERMINATION_LOG
 
@@ -62,10 +62,7 @@ class StatusRecord(BaseModel):
     def write(self, path: Path) -> None:
         """Atomic: readers (the sidecar, kubectl cp) never see a half-written record."""
         self.updated_at = _now()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.model_dump_json(indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, self.model_dump_json(indent=1))
 
     def summary(self) -> str:
         """One JSON line under 4 KB for /dev/termination-log."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from common.atomic import atomic_write
 from common.layout import STATE_DIR_NAME
 
 JOURNAL_NAME = "sync-state.jsonl"
@@ -93,15 +94,13 @@ class SyncState:
             if not self._dirty and len(kept) == len(self.entries) and self.path.exists():
                 return  # a re-run that changed nothing rewrites nothing
             self.entries, self._dirty = kept, False
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(
+            atomic_write(
+                self.path,
                 "".join(
                     json.dumps([k, e.size, e.mtime_ns, e.etag, e.sha256]) + "\n"
                     for k, e in sorted(self.entries.items())
-                )
+                ),
             )
-            os.replace(tmp, self.path)
 
     def close(self) -> None:
         with self._lock:

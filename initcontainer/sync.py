@@ -15,7 +15,7 @@ from typing import Any
 
 from common.errors import ConfigError, IntegrityError, NotFoundError
 from common.logs import Progress
-from common.manifest import Manifest, hash_files, sha256_file
+from common.manifest import HASH_WORKERS, Manifest, hash_files, sha256_file
 from initcontainer.config import SyncConfig
 from initcontainer.deadline import Deadline
 from initcontainer.plan import Item, Plan, apply_manifest, check_keys, decide
@@ -23,7 +23,6 @@ from initcontainer.state import PARTIAL_NAME, SyncState, state_dir
 from initcontainer.transfer import COMMAND_FILE, Transfer
 
 log = logging.getLogger("airgap-eval.sync")
-_HASH_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 
 
 @dataclass
@@ -50,7 +49,7 @@ class _Lander:
         self.state, self.result = state, result
         self.progress: Progress | None = None
         self.problems: list[str] = []
-        self._pool = ThreadPoolExecutor(_HASH_WORKERS, thread_name_prefix="verify")
+        self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.atomic import TMP_SUFFIX
 from common.errors import (
     AirgapError,
     AuthError,
@@ -116,7 +117,7 @@ class Scanner:
         name = path.name
         if path.parent == self.root and name in _MARKERS:
             return False
-        return not (name.startswith(".") and name.endswith(".tmp"))  # atomic-write temp files
+        return not (name.startswith(".") and name.endswith(TMP_SUFFIX))  # atomic-write temp files
 
     def _file(self, rel: str, path: Path) -> LocalFile | None:
         try:

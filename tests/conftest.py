@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.localservers import SeaweedS3
+from testbed.localservers import SeaweedS3
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"

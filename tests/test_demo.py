@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.modelserver import vllm_python
 from common.errors import ConfigError
+from testbed.modelserver import vllm_python
 
 
 @pytest.mark.e2e

@@ -1,5 +1,5 @@
 """Fixtures for the `airgap-eval run` tests: a tiny real-format /test_data tree (the e2e
-helper's airgap_eval.tiny), and the CLI run as a pod runs it (a subprocess with its own env,
+helper's testbed.tiny), and the CLI run as a pod runs it (a subprocess with its own env,
 so the offline variables are set before anything imports `datasets`)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def tiny_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from airgap_eval.tiny import build_test_data
+    from testbed.tiny import build_test_data
 
     return build_test_data(tmp_path_factory.mktemp("tiny") / "test_data")
 

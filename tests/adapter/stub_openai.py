@@ -1,5 +1,5 @@
 """A fault-injecting stand-in for an OpenAI-compatible server: it only answers wrongly
-(401, 5xx, a hang, no logprobs). Real scoring tests use vLLM (airgap_eval.modelserver)."""
+(401, 5xx, a hang, no logprobs). Real scoring tests use vLLM (testbed.modelserver)."""
 
 from __future__ import annotations
 

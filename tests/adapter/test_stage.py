@@ -104,7 +104,7 @@ def custom_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from airgap_eval.tiny import build_tokenizer
+    from testbed.tiny import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tok") / "tiny-tok")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.localservers import SeaweedS3, free_port
 from common.s3 import client
+from testbed.localservers import SeaweedS3, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "slurm" / "airgap-eval.sbatch"
@@ -253,8 +253,8 @@ def test_requeued_job_resumes_from_the_request_cache(
 ) -> None:
     """A real run interrupted by USR1 half-way, then the requeued script: the rerun sends only
     the requests the first run had not finished, and the job completes and uploads."""
-    from airgap_eval.modelserver import RecordingProxy, VLLMServer
-    from airgap_eval.tiny import build_all
+    from testbed.modelserver import RecordingProxy, VLLMServer
+    from testbed.tiny import build_all
 
     assets = build_all(tmp_path / "tiny")
     _put_tree(s3_server, bucket, "test-data", assets.test_data)

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from airgap_eval.modelserver import VLLMServer, vllm_python
-from airgap_eval.tiny import TinyAssets, build_all, read_only
 from common.errors import ConfigError
+from testbed.modelserver import VLLMServer, vllm_python
+from testbed.tiny import TinyAssets, build_all, read_only
 
 
 @pytest.fixture(scope="session")

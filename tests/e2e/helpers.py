@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airgap_eval.modelserver import REPO_ROOT, vllm_python, vllm_python_env
-from airgap_eval.tiny import TinyAssets
+from testbed.modelserver import REPO_ROOT, vllm_python, vllm_python_env
+from testbed.tiny import TinyAssets
 
 RUN_TIMEOUT_S = 900  # a busy 2-core machine is slow; a hang still ends the test
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.modelserver import VLLMServer
-from airgap_eval.tiny import TinyAssets
+from testbed.modelserver import VLLMServer
+from testbed.tiny import TinyAssets
 from tests.e2e.helpers import airgap_run, explain, job_spec, read_results, read_samples
 
 # The first test also waits for the shared vLLM server (up to minutes on a busy machine).

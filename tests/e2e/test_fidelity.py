@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.modelserver import VLLMServer
-from airgap_eval.tiny import TinyAssets
+from testbed.modelserver import VLLMServer
+from testbed.tiny import TinyAssets
 from tests.e2e.helpers import (
     airgap_run,
     explain,

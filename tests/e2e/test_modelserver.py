@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.modelserver import VLLM_PYTHON_ENV, VLLMServer, vllm_python
 from common.errors import ConfigError
+from testbed.modelserver import VLLM_PYTHON_ENV, VLLMServer, vllm_python
 
 
 def test_missing_vllm_python_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.modelserver import RecordingProxy, VLLMServer
-from airgap_eval.tiny import TinyAssets
+from testbed.modelserver import RecordingProxy, VLLMServer
+from testbed.tiny import TinyAssets
 from tests.e2e.helpers import (
     RUN_TIMEOUT_S,
     airgap_run,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.tiny import TASKS, build_test_data
 from common.layout import MANIFEST_NAME
 from common.manifest import Manifest, mismatches
+from testbed.tiny import TASKS, build_test_data
 
 
 @pytest.fixture(scope="module")

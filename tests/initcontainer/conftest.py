@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from airgap_eval.localservers import SeaweedS3
 from common.manifest import FileEntry, Manifest, sha256_file
 from common.s3 import client
 from initcontainer.config import SyncConfig
+from testbed.localservers import SeaweedS3
 
 
 def put_tree(server: SeaweedS3, bucket: str, files: dict[str, bytes]) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.localservers import SeaweedS3, free_port
 from common.errors import ExitCode
 from common.status import StatusRecord
 from initcontainer.state import status_path
+from testbed.localservers import SeaweedS3, free_port
 from tests.initcontainer.conftest import put_tree, run_cli, tree
 from tests.initcontainer.stub_s3 import stub_s3
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.localservers import SeaweedS3
 from common.errors import ExitCode
 from common.s3 import client
 from initcontainer.config import SyncConfig
 from initcontainer.state import SyncState, state_dir
 from initcontainer.sync import sync
+from testbed.localservers import SeaweedS3
 from tests.initcontainer.conftest import manifest_for, put_tree, tree
 
 N_FILES = 60

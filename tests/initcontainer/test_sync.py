@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.localservers import SeaweedS3, free_port
 from common.errors import (
     AirgapError,
     AuthError,
@@ -26,6 +25,7 @@ from common.s3 import client
 from initcontainer.config import SyncConfig
 from initcontainer.state import JOURNAL_NAME, state_dir
 from initcontainer.sync import sync
+from testbed.localservers import SeaweedS3, free_port
 from tests.initcontainer.conftest import manifest_for, put_tree, tree
 
 ENGINES = ["s5cmd", "boto3"]

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from airgap_eval.localservers import SeaweedS3
 from common.s3 import client
 from common.status import StatusRecord
+from testbed.localservers import SeaweedS3
 from tests.httpstub import serving
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from airgap_eval.localservers import SeaweedS3
 from common.errors import MissingDataError
 from common.manifest import Manifest
 from common.s3 import client
 from common.status import StatusRecord
 from sidecar.cli import main
+from testbed.localservers import SeaweedS3
 from tests.sidecar.conftest import BENCH, JOB_ID, FakeAdapter, Receiver, objects, spawn, write_spec
 
 PREFIX = f"runs/{JOB_ID}/{BENCH}/"

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from airgap_eval.localservers import free_port
 from common.errors import ConfigError, DeadlineError, ModelEndpointError
+from testbed.localservers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON_ENV = "AIRGAP_EVAL_VLLM_PYTHON"
@@ -107,7 +107,7 @@ class VLLMServer:
         if not (self.model_dir / "config.json").is_file():
             raise ConfigError(
                 f"{self.model_dir} is not a model dir (no config.json)",
-                "pass a dir written by `save_pretrained` (python -m airgap_eval.tiny model ...)",
+                "pass a dir written by `save_pretrained` (python -m testbed.tiny model ...)",
             )
         self.port = self.port or free_port()
         if self.log_path is None:
@@ -301,10 +301,10 @@ class RecordingProxy:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m airgap_eval.modelserver MODEL_DIR`: serve until Ctrl-C (handy by hand)."""
+    """`python -m testbed.modelserver MODEL_DIR`: serve until Ctrl-C (handy by hand)."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m airgap_eval.modelserver", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m testbed.modelserver", description=main.__doc__)
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("--name", default="tiny")
     ap.add_argument("--port", type=int, default=0)

@@ -22,8 +22,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from airgap_eval.localservers import SeaweedS3
 from common.logs import setup_logging
+from testbed.localservers import SeaweedS3
 
 log = logging.getLogger("airgap-eval.demo")
 DEFAULT_TASKS = ["arc_easy", "blimp_adjunct_island", "hellaswag", "gsm8k"]
@@ -95,10 +95,10 @@ def _scores(results_dir: Path) -> list[tuple[str, str, float]]:
 
 def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
     from adapter.stage import upload_tree
-    from airgap_eval.modelserver import VLLMServer
-    from airgap_eval.tiny import build_all, read_only
     from common.manifest import Manifest
     from common.s3 import client
+    from testbed.modelserver import VLLMServer
+    from testbed.tiny import build_all, read_only
 
     started = time.monotonic()
     if workdir.exists():

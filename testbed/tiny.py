@@ -3,7 +3,7 @@
 - a byte-level BPE tokenizer trained with `tokenizers`, saved as a `PreTrainedTokenizerFast` dir;
 - a randomly initialised `LlamaForCausalLM` (fixed seed) with the tokenizer's vocabulary, saved
   with `save_pretrained` (safetensors): needs torch, so it is built by the vLLM venv's python
-  (`python -m airgap_eval.tiny model --out DIR --tokenizer DIR`);
+  (`python -m testbed.tiny model --out DIR --tokenizer DIR`);
 - `DatasetDict.save_to_disk` bundles, a few hand-written rows each, with the HF builders'
   features, for the real lm_eval tasks arc_easy, blimp_adjunct_island, gsm8k and hellaswag,
   plus the tree's manifest.json.
@@ -285,9 +285,9 @@ def build_model(out: Path, tokenizer_dir: Path, seed: int = SEED) -> Path:
 
 def build_model_subprocess(out: Path, tokenizer_dir: Path) -> Path:
     """`build_model` in the vLLM venv's python (it has torch; our venv need not)."""
-    from airgap_eval.modelserver import vllm_python, vllm_python_env
+    from testbed.modelserver import vllm_python, vllm_python_env
 
-    cmd = [str(vllm_python()), "-m", "airgap_eval.tiny", "model", "--out", str(out), "--tokenizer", str(tokenizer_dir)]
+    cmd = [str(vllm_python()), "-m", "testbed.tiny", "model", "--out", str(out), "--tokenizer", str(tokenizer_dir)]
     proc = subprocess.run(cmd, env=vllm_python_env(), capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         from common.errors import AirgapError
@@ -371,7 +371,7 @@ def build_all(root: Path) -> TinyAssets:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m airgap_eval.tiny", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m testbed.tiny", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     sub.add_parser("tokenizer", help="train and save the tokenizer").add_argument("--out", type=Path, required=True)
     sub.add_parser("test-data", help="bundles + tokenizer + manifest").add_argument("--out", type=Path, required=True)
