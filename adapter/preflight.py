@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,8 +242,11 @@ def _probe(url: str, payload: dict[str, Any], api_key: str | None, verify: bool,
 
 
 def check_endpoint(base: str, model: str, model_type: str, api_key: str | None, *,
-                   verify: bool = True, attempts: int = 3, timeout: float = 60.0) -> Endpoint:
-    """/v1/models (reachable? key accepted? model served? max_model_len) + one request."""
+                   verify: bool = True, attempts: int = 3, timeout: float = 60.0,
+                   meanwhile: Callable[[], None] | None = None) -> Endpoint:
+    """/v1/models (reachable? key accepted? model served? max_model_len) + one request.
+    `meanwhile` runs once the listing passed, before the test request (the run starts its
+    heavy imports there, so a wrong URL, key or model name fails without them)."""
     max_len = None
     listing = _get_models(base, api_key, verify)
     if listing is not None and isinstance(listing.get("data"), list):
@@ -254,6 +258,8 @@ def check_endpoint(base: str, model: str, model_type: str, api_key: str | None, 
             )
         raw = (served.get(model) or {}).get("max_model_len")
         max_len = int(raw) if isinstance(raw, int) and raw > 0 else None
+    if meanwhile is not None:
+        meanwhile()
     if model_type == "chat":
         _probe(f"{base}/chat/completions",
                {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},

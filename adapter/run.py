@@ -172,14 +172,17 @@ class Run:
             if tokenizer and (problem := preflight.online_tokenizer_problem(tokenizer)):
                 preflight.fail_on_problems([problem], stage_command(
                     names, s.test_data, p.tokenizer, list(cfg.include_path)))
-        # The heavy imports run while the probe waits on the network.
+        # The heavy imports run while the test request waits on the network.
         importer = threading.Thread(target=_import_heavy, name="heavy-imports", daemon=True)
-        importer.start()
-        endpoint = preflight.check_endpoint(
-            api_base(cfg.spec.model.url), cfg.spec.model.name, p.model_type, cfg.api_key,
-            verify=p.verify_certificate, attempts=p.max_retries, timeout=p.timeout,
-        )
-        importer.join()
+        try:
+            endpoint = preflight.check_endpoint(
+                api_base(cfg.spec.model.url), cfg.spec.model.name, p.model_type, cfg.api_key,
+                verify=p.verify_certificate, attempts=p.max_retries, timeout=p.timeout,
+                meanwhile=importer.start,
+            )
+        finally:  # never exit with an import half done on another thread
+            if importer.ident is not None:
+                importer.join()
         return Prepared(tokenizer, endpoint, check)
 
     def load(self, cfg: RunConfig, resolved: Resolved, prepared: Prepared) -> Loaded:
