@@ -64,7 +64,10 @@ class Prepared:
 
 
 def _import_heavy() -> None:
-    from adapter import evaluate  # noqa: F401  (lm_eval, datasets, transformers, aiohttp)
+    # lm_eval, datasets, aiohttp; then the tokenizer classes transformers imports lazily on
+    # the first AutoTokenizer.from_pretrained (~1 s of a start-up otherwise).
+    from adapter import evaluate  # noqa: F401
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
 
 class Run:
