@@ -64,10 +64,11 @@ class Prepared:
 
 
 def _import_heavy() -> None:
-    # lm_eval, datasets, aiohttp; then the tokenizer classes transformers imports lazily on
-    # the first AutoTokenizer.from_pretrained (~1 s of a start-up otherwise).
-    from adapter import evaluate  # noqa: F401
+    # The tokenizer classes transformers would import lazily on the first
+    # AutoTokenizer.from_pretrained (~1 s of a start-up otherwise); lm_eval, datasets, aiohttp.
     from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+
+    from adapter import evaluate  # noqa: F401
 
 
 class Run:
