@@ -14,6 +14,7 @@ endpoint probe waits on the network.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Resolved:
-    index: dict[str, Any]
     resolution: taskindex.Resolution
     plan: taskplan.TaskPlan
 
@@ -66,9 +66,11 @@ class Prepared:
 def _import_heavy() -> None:
     # The tokenizer classes transformers would import lazily on the first
     # AutoTokenizer.from_pretrained (~1 s of a start-up otherwise); lm_eval, datasets, aiohttp.
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+    # A failure is left to the main thread's own import, which reports it as an error.
+    with contextlib.suppress(Exception):
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
-    from adapter import evaluate  # noqa: F401
+        from adapter import evaluate  # noqa: F401
 
 
 class Run:
@@ -76,7 +78,6 @@ class Run:
 
     def __init__(self, settings: Settings, status: StatusRecord, writer: StatusWriter) -> None:
         self.settings, self.status, self.writer = settings, status, writer
-        self.cfg: RunConfig | None = None
         self.offline = False
         self.events: Events | None = None
         self.results: JobResults | None = None
@@ -123,7 +124,6 @@ class Run:
         register_secret(cfg.api_key)
         if cfg.api_key:
             os.environ["OPENAI_API_KEY"] = cfg.api_key  # lm_eval's API models read it here
-        self.cfg = cfg
         return cfg
 
     def isolate(self, cfg: RunConfig) -> None:
@@ -153,7 +153,7 @@ class Run:
         # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
         # goes by the manifest's record for them, the seam finds their bundle later.
         plan = taskplan.plan_tasks(resolution, index, import_classes=False)
-        return Resolved(index, resolution, plan)
+        return Resolved(resolution, plan)
 
     # --- preflight ----------------------------------------------------------------------
 
