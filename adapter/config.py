@@ -80,7 +80,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    help="build the task index (image build time) and exit")
     p.add_argument("--offline", choices=["auto", "on", "off"],
                    help="offline mode (env AIRGAP_EVAL_OFFLINE; default auto: on when the "
-                   "test data holds a manifest or bundles)")
+                   "test data holds a manifest or bundles; a test-data dir that does not exist "
+                   "is an error unless off)")
     p.add_argument("--terminal-events", choices=["adapter", "sidecar"],
                    help="who sends EvalHub's completed/failed event "
                    "(env AIRGAP_EVAL_TERMINAL_EVENTS; default adapter)")
