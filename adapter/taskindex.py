@@ -104,7 +104,7 @@ def load_index(path: Path | None = None) -> dict[str, Any]:
             return index
         log.info("task index %s is stale; rebuilding", path)
     except FileNotFoundError:
-        log.info("no task index at %s; building it once (10-20 s)", path)
+        log.info("no task index at %s; building it once (30-60 s on 2 cores)", path)
     except ValueError:
         log.warning("task index %s is corrupt; rebuilding", path)
     index = build_index()
