@@ -128,10 +128,8 @@ class Run:
         index = taskindex.load_index(cfg.task_index, include_path)
         resolution = taskindex.resolve(names, index)
         if resolution.unknown:
-            raise ConfigError(
-                f"unknown task or group name(s): {', '.join(resolution.unknown)}",
-                "check the spelling (`lm_eval ls tasks`), or add parameters.include_path "
-                "for custom task YAMLs",
+            raise taskindex.unknown_tasks_error(
+                resolution.unknown, index, "add parameters.include_path"
             )
         if layout.offline:
             seam.install(cfg.test_data)  # before any task module is imported
