@@ -110,7 +110,7 @@ def _cached_index(path: Path) -> dict[str, Any]:
             return index
         log.info("task index %s is stale; rebuilding", path)
     except FileNotFoundError:
-        log.info("no task index at %s; building it once (30-60 s on 2 cores)", path)
+        log.info("no task index at %s; building it once (20-50 s on 2 cores)", path)
     except ValueError:
         log.warning("task index %s is corrupt; rebuilding", path)
     index = build_index()

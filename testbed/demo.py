@@ -132,7 +132,7 @@ def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
         )
         log.info("      uploaded (%.1f s)", time.monotonic() - t)
 
-        # Measured on 2 cores: 70-100 s (most of it vLLM's own imports and CPU warm-up).
+        # Measured on 2 cores: 70-113 s (most of it vLLM's own imports and CPU warm-up).
         t = _step(4, "starting a vLLM CPU endpoint serving the tiny model (usually 1-2 min)")
         vllm = stack.enter_context(VLLMServer(assets.model, log_path=workdir / "vllm.log"))
         log.info("      model at %s (%.1f s)", vllm.base_url, time.monotonic() - t)
@@ -146,8 +146,8 @@ def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
 
         t = _step(6, "adapter: airgap-eval run, with the sidecar (airgap-eval upload) watching")
         if not default_index_path().is_file():
-            # Measured on 2 cores: 27-50 s (load-dependent); once per lm_eval version.
-            log.info("      first run here: it builds lm_eval's task index once (30-60 s)")
+            # Measured on 2 cores: 18-50 s (load-dependent); once per lm_eval version.
+            log.info("      first run here: it builds lm_eval's task index once (20-50 s)")
         spec = pod / "meta" / "job.json"
         spec.parent.mkdir()
         spec.write_text(json.dumps(_job_spec(vllm.base_url, tasks, limit), indent=1))
