@@ -48,7 +48,7 @@ def network_timeout(flag: float | None = None) -> float:
         value = -1.0
     if value <= 0:
         raise ConfigError(
-            f"network timeout {raw!r} is not a positive number of seconds",
+            f"network timeout {raw} is not a positive number of seconds",
             f"pass --network-timeout SECONDS (or set {TIMEOUT_ENV}), e.g. 60",
         )
     return value
