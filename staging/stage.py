@@ -107,7 +107,7 @@ def _load_error(e: Exception, b: BundleNeed) -> AirgapError:
             "accept its terms on the Hub and set HF_TOKEN",
         )
     if any(n in name for n in _NETWORK_ERRORS):
-        return UnreachableError(f"{what}{used_by} could not be fetched: {name}: {_short(e)}")
+        return UnreachableError(f"{name}: {_short(e)}")  # Fetcher names the item
     return MissingDataError(f"loading {what}{used_by} failed: {name}: {e}", "see the log above")
 
 
@@ -191,7 +191,7 @@ def save_tokenizer(source: str, out: Path, timeout: float | None = None) -> None
         raise
     except Exception as e:
         if any(n in type(e).__name__ for n in _NETWORK_ERRORS) or _caused_by_network(e):
-            raise UnreachableError(f"tokenizer {source!r} could not be fetched: {_short(e)}") from e
+            raise UnreachableError(_short(e)) from e  # Fetcher names the item
         if not isinstance(e, (OSError, ValueError)):
             raise
         raise NotFoundError(
@@ -337,6 +337,8 @@ class Fetcher:
 
     @property
     def hub_source(self) -> str:
+        if _hf_offline():
+            return "the local HF cache (--offline)"
         return f"the Hugging Face Hub at {self.hub}"
 
     def check_hub(self, needed: bool) -> None:
@@ -368,7 +370,8 @@ class Fetcher:
                 self.hub_down = f"it stopped answering: {e}"
             return self._unfetched(tag, Unfetched(kind, name, source, str(e), True))
         except UnreachableError as e:
-            return self._unfetched(tag, Unfetched(kind, name, source, e.message, False))
+            why = "not in the cache" if _hf_offline() else e.message
+            return self._unfetched(tag, Unfetched(kind, name, source, why, False))
         except AirgapError as e:
             log.error("%s: failed: %s", tag, e.message)
             self.errors.append(e)
@@ -408,6 +411,13 @@ class Fetcher:
             host_of(self.hub) if src == self.hub_source else src.rsplit(" ", 1)[-1].strip("()")
             for src in by_source
         )
+        if _hf_offline():
+            names = ", ".join(f"{u.kind} {u.name}" for u in self.unfetched)
+            return NotFoundError(
+                f"could not find {what} in the local HF cache (--offline): {names}",
+                "run stage without --offline on a machine that reaches the Hub, or point "
+                "HF_HOME at an HF cache that holds them",
+            )
         timeout = f" (now {self.timeout:.0f})" if self.timeout else ""
         return cls(
             f"could not fetch {what} {'; '.join(parts)}",

@@ -146,6 +146,20 @@ def test_a_hub_that_stops_answering_costs_one_network_timeout(tmp_path: Path) ->
     print(f"stops answering: exit {proc.returncode} in {seconds:.1f} s: {line}")
 
 
+def test_offline_names_what_the_cache_lacks(tmp_path: Path) -> None:
+    proc, seconds = _stage(tmp_path, "http://127.0.0.1:9", "--offline")
+    assert proc.returncode == ExitCode.NOT_FOUND, proc.stderr[-3000:]
+    line = _final_line(proc)
+    assert line.startswith(
+        "[NOT_FOUND] could not find 3 datasets and the tokenizer in the local HF cache"
+    ), line
+    for name in DATASETS:
+        assert f"dataset {name}" in line
+    assert "tokenizer gpt2" in line and "without --offline" in line
+    assert len(_item_lines(proc)) == 8  # "fetching" and "not fetched" for each of 4 items
+    assert seconds < 60
+
+
 def test_network_timeout_must_be_positive(tmp_path: Path) -> None:
     proc, _ = _stage(tmp_path, "http://127.0.0.1:9", "--network-timeout", "0")
     assert proc.returncode == ExitCode.CONFIG
