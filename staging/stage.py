@@ -5,6 +5,10 @@ Tasks and groups resolve to leaf tasks through the prebuilt task index; each dis
 under its slug; the tokenizer and the nltk data the tasks' code downloads are saved beside
 them; `manifest.json` is written last. A rerun only adds what is missing or broken.
 
+Network: one probe of the Hub first (a Hub that cannot be reached fails every item from it at
+once), then each item under `--network-timeout` seconds without progress (common.network);
+a line as each item starts and one when it ends; one error at the end names all that failed.
+
 Which bundles, splits and assets: adapter.taskplan (the run path plans with the same code).
 Heavy libraries (datasets, transformers) are imported inside the functions that need them.
 """
@@ -361,7 +365,7 @@ class Fetcher:
         tag += f" for {', '.join(users[:3])}{' ...' if len(users) > 3 else ''}" if users else ""
         if source == self.hub_source and self.hub_down:
             return self._unfetched(tag, Unfetched(kind, name, source, self.hub_down, False))
-        log.info("%s: fetching", tag)
+        log.info("%s: loading", tag)
         start = time.monotonic()
         try:
             result = fn()

@@ -44,10 +44,13 @@ def _stage(
         "NO_PROXY": "127.0.0.1",
     }
     out = tmp_path / "staged"
-    args = [*tasks, "--tokenizer", "gpt2", "--out", str(out), *extra]
+    return _cli(["stage", *tasks, "--tokenizer", "gpt2", "--out", str(out), *extra], env)
+
+
+def _cli(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "airgap_eval", "stage", *args],
+        [sys.executable, "-m", "airgap_eval", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -140,7 +143,7 @@ def test_a_hub_that_stops_answering_costs_one_network_timeout(tmp_path: Path) ->
     _assert_names_everything(line, endpoint)
     assert "no progress in 4 s" in line
     items = _item_lines(proc)
-    # the first item starts ("fetching") and is given up; the others fail at once
+    # the first item starts ("loading") and is given up; the others fail at once
     assert sum("not fetched" in ln for ln in items) == 4, items
     assert seconds < 4 + 30, seconds  # one bound, not one per item (+ start-up on a busy box)
     print(f"stops answering: exit {proc.returncode} in {seconds:.1f} s: {line}")
@@ -156,7 +159,7 @@ def test_offline_names_what_the_cache_lacks(tmp_path: Path) -> None:
     for name in DATASETS:
         assert f"dataset {name}" in line
     assert "tokenizer gpt2" in line and "without --offline" in line
-    assert len(_item_lines(proc)) == 8  # "fetching" and "not fetched" for each of 4 items
+    assert len(_item_lines(proc)) == 8  # "loading" and "not fetched" for each of 4 items
     assert seconds < 60
 
 
@@ -171,15 +174,7 @@ def test_verify_never_waits_for_the_hub(tmp_path: Path, silent_port: int) -> Non
     tree = tmp_path / "tree"
     tree.mkdir()
     env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{silent_port}"}
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "airgap_eval", "verify", str(tree), "--tasks", "arc_easy"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    seconds = time.monotonic() - start
+    proc, seconds = _cli(["verify", str(tree), "--tasks", "arc_easy"], env)
     assert proc.returncode == ExitCode.MISSING_DATA, proc.stderr[-2000:]
     assert seconds < 30
 
@@ -196,15 +191,7 @@ def test_verify_never_waits_for_the_hub(tmp_path: Path, silent_port: int) -> Non
 def test_an_unknown_task_is_config_with_close_matches(tmp_path: Path, args: list[str]) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     env = os.environ | {"HF_ENDPOINT": "http://127.0.0.1:9"}  # never reached: typo first
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "airgap_eval", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    seconds = time.monotonic() - start
+    proc, seconds = _cli(argv, env)
     assert proc.returncode == ExitCode.CONFIG, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
