@@ -136,3 +136,28 @@ def test_with_the_extra_installed_the_command_runs() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "[CONFIG]" not in proc.stderr
+
+
+def _make_dry_run(*targets: str) -> str:
+    proc = subprocess.run(
+        ["make", "-n", "-B", *targets], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_make_says_what_it_installs_and_shows_pip() -> None:
+    out = _make_dry_run("setup", "setup-vllm")
+    installs = [ln for ln in out.splitlines() if " install " in ln and "--upgrade pip" not in ln]
+    assert len(installs) >= 4 and not [ln for ln in installs if " -q" in ln], installs
+    said = [ln for ln in out.splitlines() if ln.startswith("echo")]
+    assert any(".venv:" in ln for ln in said) and any(".venv-vllm:" in ln for ln in said)
+    assert sum("min" in ln for ln in said) >= 2  # how long it usually takes
+
+
+def test_make_bench_runs_every_bench_script_with_the_venv_python() -> None:
+    out = _make_dry_run("bench")
+    loop = next(ln for ln in out.splitlines() if "for b in" in ln)
+    listed = set(loop.split("for b in", 1)[1].split(";", 1)[0].split())
+    assert listed == {p.name.removesuffix("_bench.py") for p in (REPO / "bench").glob("*_bench.py")}
+    assert ".venv/bin/python bench/${b}_bench.py" in out
