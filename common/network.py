@@ -90,7 +90,19 @@ def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         why = _reason(e)
         if why == "no answer":
             why = f"no answer in {time.monotonic() - start:.0f} s"
+        if proxy := _proxy_for(url):
+            why += f", through the proxy {proxy}"
         return why
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy (host:port, never its credentials) the env routes `url` through."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return f"{p.hostname}:{p.port}" if p.port else str(p.hostname)
 
 
 def run_bounded(

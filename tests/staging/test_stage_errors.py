@@ -35,14 +35,22 @@ def task_index() -> None:
 
 
 def _stage(
-    tmp_path: Path, endpoint: str, *extra: str, tasks: list[str] = TASKS
+    tmp_path: Path,
+    endpoint: str,
+    *extra: str,
+    tasks: list[str] = TASKS,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HTTP", "TQDM_"))}
-    env |= {
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "TQDM_")) and not k.lower().endswith("_proxy")
+    }
+    env = clean | {
         "HF_ENDPOINT": endpoint,
         "HF_HOME": str(tmp_path / "hf"),  # an empty cache: nothing to fall back on
         "NO_PROXY": "127.0.0.1",
-    }
+    } | (env or {})
     out = tmp_path / "staged"
     return _cli(["stage", *tasks, "--tokenizer", "gpt2", "--out", str(out), *extra], env)
 
@@ -142,6 +150,7 @@ def test_a_hub_that_stops_answering_costs_one_network_timeout(tmp_path: Path) ->
     line = _final_line(proc)
     _assert_names_everything(line, endpoint)
     assert "no progress in 4 s" in line
+    assert "Retrying" not in proc.stderr and "Traceback" not in proc.stderr
     items = _item_lines(proc)
     # the first item starts ("loading") and is given up; the others fail at once
     assert sum("not fetched" in ln for ln in items) == 4, items
@@ -160,6 +169,17 @@ def test_offline_names_what_the_cache_lacks(tmp_path: Path) -> None:
         assert f"dataset {name}" in line
     assert "tokenizer gpt2" in line and "without --offline" in line
     assert len(_item_lines(proc)) == 8  # "loading" and "not fetched" for each of 4 items
+    assert seconds < 60
+
+
+def test_a_refusing_proxy_is_named(tmp_path: Path) -> None:
+    proxy = f"127.0.0.1:{free_port()}"
+    env = {"HTTPS_PROXY": f"http://user:secret@{proxy}", "NO_PROXY": ""}
+    proc, seconds = _stage(tmp_path, "https://hub.example", env=env)
+    assert proc.returncode == ExitCode.UNREACHABLE, proc.stderr[-3000:]
+    line = _final_line(proc)
+    assert f"(connection refused, through the proxy {proxy})" in line, line
+    assert "secret" not in proc.stderr
     assert seconds < 60
 
 
