@@ -406,8 +406,8 @@ class Fetcher:
         for source, items in by_source.items():
             reasons = {u.why for u in items}
             common = f" ({reasons.pop()})" if len(reasons) == 1 else ""
-            names = ", ".join(
-                f"{u.kind} {u.name}" + ("" if common else f" ({u.why})") for u in items
+            names = _listing(items) if common else ", ".join(
+                f"{u.kind} {u.name} ({u.why})" for u in items
             )
             parts.append(f"from {source}{common}: {names}")
         cls = DeadlineError if all(u.timed_out for u in self.unfetched) else UnreachableError
@@ -416,7 +416,7 @@ class Fetcher:
             for src in by_source
         )
         if _hf_offline():
-            names = ", ".join(f"{u.kind} {u.name}" for u in self.unfetched)
+            names = _listing(self.unfetched)
             return NotFoundError(
                 f"could not find {what} in the local HF cache (--offline): {names}",
                 "run stage without --offline on a machine that reaches the Hub, or point "
@@ -430,6 +430,19 @@ class Fetcher:
             f"--offline; on a slow link: --network-timeout SECONDS{timeout}. A rerun keeps "
             "what is staged",
         )
+
+
+def _listing(items: list[Unfetched]) -> str:
+    """`dataset nyu-mll/blimp (adjunct_island, causative)`: one entry per dataset path, every
+    config named (67 blimp configs stay one line a reader can scan)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for u in items:
+        path, _, config = u.name.partition(" (")  # names are "path (config)"
+        grouped.setdefault((u.kind, path), []).append(config.rstrip(")"))
+    return ", ".join(
+        f"{kind} {path}" + (f" ({', '.join(c for c in configs if c)})" if any(configs) else "")
+        for (kind, path), configs in grouped.items()
+    )
 
 
 def _fetch_bundle(b: BundleNeed, out: Path, timeout: float | None) -> str:
