@@ -105,6 +105,7 @@ def test_an_adapter_command_on_the_base_install_is_one_config_line(
     assert "lm_eval" in lines[0]
     assert 'pip install "airgap-eval[adapter]"' in lines[0] and "adapter image" in lines[0]
     assert seconds < 5
+    print(f"{command}: exit {proc.returncode} in {seconds:.2f} s: {lines[0]}")
 
 
 def test_the_demo_outside_a_source_checkout_says_so(base_python: Path) -> None:
