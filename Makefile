@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # pip's own output stays on (no -q): a first install is minutes, and it shows what it is doing.
 $(BIN)/airgap-eval: pyproject.toml
 	@echo "==> $(VENV): airgap-eval + lm_eval, datasets, transformers and the test tools"
-	@echo "    (~150 packages, 1.6 GB; usually 3-5 min, under 1 min from a warm pip cache)"
+	@echo "    (~150 packages, 1.6 GB; usually 3-5 min on 2 cores)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -e ".[dev]"
