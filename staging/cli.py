@@ -20,7 +20,7 @@ from common.logs import setup_logging
 from common.network import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, network_timeout
 from common.status import StatusRecord
 
-log = logging.getLogger("airgap-eval")
+log = logging.getLogger(__name__)
 
 # The suites docs/dataset-mapping.md covers (`slugs --mapping-doc`).
 MAPPING_SUITES = (
@@ -113,7 +113,7 @@ def _stage_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _stage_main(argv: list[str], prog: str) -> int:
+def stage_main(argv: list[str], prog: str = "airgap-eval stage") -> int:
     args = _stage_parser(prog).parse_args(argv)
     setup_logging(args.verbose)
     if args.offline:  # before datasets/transformers are imported
@@ -167,7 +167,7 @@ def _verify_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _verify_main(argv: list[str], prog: str) -> int:
+def verify_main(argv: list[str], prog: str = "airgap-eval verify") -> int:
     args = _verify_parser(prog).parse_args(argv)
     args.tasks = args.tasks or []
     setup_logging(args.verbose)
@@ -283,7 +283,7 @@ def mapping_doc(index: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _slugs_main(argv: list[str], prog: str) -> int:
+def slugs_main(argv: list[str], prog: str = "airgap-eval slugs") -> int:
     args = _slugs_parser(prog).parse_args(argv)
     setup_logging()
 
@@ -304,11 +304,4 @@ def _slugs_main(argv: list[str], prog: str) -> int:
         for t, why in plan.unresolved.items():
             print(f"# {t}: dataset unknown ({why})", file=sys.stderr)
 
-    return _guard("stage", go, None)
-
-
-def main(argv: list[str], prog: str = "airgap-eval", command: str = "stage") -> int:
-    mains = {"stage": _stage_main, "verify": _verify_main, "slugs": _slugs_main}
-    if command not in mains:
-        raise ValueError(f"unknown command {command!r}")
-    return mains[command](argv, prog)
+    return _guard("slugs", go, None)

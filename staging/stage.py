@@ -57,7 +57,7 @@ from common.network import (
 from common.s3 import client, folder, parse_s3_uri, s5cmd_args, s5cmd_binary, translate
 from common.s3settings import S3Connection, resolve_connection
 
-log = logging.getLogger("airgap-eval.stage")
+log = logging.getLogger(__name__)
 
 STAGING_DIR = f"{STATE_DIR_NAME}/staging"
 VERSIONED = ("lm_eval", "datasets", "transformers", "tokenizers", "airgap-eval")
