@@ -9,6 +9,7 @@ can come from it."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -70,7 +71,9 @@ def _cli(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProc
 def _final_line(proc: subprocess.CompletedProcess[str]) -> str:
     lines = proc.stderr.strip().splitlines()
     assert lines, proc
-    return lines[-1].split(" airgap-eval: ", 1)[-1]  # without the time and level
+    found = re.search(r"\[[A-Z_]+\] .*", lines[-1])  # without the time, level and logger
+    assert found, lines[-1]
+    return found.group(0)
 
 
 def _assert_names_everything(line: str, endpoint: str) -> None:
