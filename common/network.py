@@ -39,16 +39,20 @@ class StepTimeout(Exception):
 
 def network_timeout(flag: float | None = None) -> float:
     """Seconds one item may go without progress: the flag, else the env, else 60."""
-    raw: object = flag if flag is not None else os.environ.get(TIMEOUT_ENV)
-    if raw is None or raw == "":
-        return DEFAULT_TIMEOUT_S
+    if flag is not None:
+        raw, where = str(flag), f"--network-timeout {flag:g}"
+    else:
+        raw = os.environ.get(TIMEOUT_ENV, "")
+        where = f"{TIMEOUT_ENV}={raw}"
+        if not raw:
+            return DEFAULT_TIMEOUT_S
     try:
-        value = float(str(raw))
+        value = float(raw)
     except ValueError:
         value = -1.0
     if value <= 0:
         raise ConfigError(
-            f"network timeout {raw} is not a positive number of seconds",
+            f"{where} is not a positive number of seconds",
             f"pass --network-timeout SECONDS (or set {TIMEOUT_ENV}), e.g. 60",
         )
     return value

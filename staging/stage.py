@@ -110,7 +110,7 @@ def _load_error(e: Exception, b: BundleNeed) -> AirgapError:
             "check dataset_path/dataset_name/data_files of the task; for a gated dataset "
             "accept its terms on the Hub and set HF_TOKEN",
         )
-    if any(n in name for n in _NETWORK_ERRORS):
+    if _caused_by_network(e):
         return UnreachableError(f"{name}: {_short(e)}")  # Fetcher names the item
     return MissingDataError(f"loading {what}{used_by} failed: {name}: {e}", "see the log above")
 
@@ -163,9 +163,9 @@ def save_bundle(b: BundleNeed, out: Path, timeout: float | None = None) -> int:
         dd = load()
     else:
         cache = Path(datasets.config.HF_DATASETS_CACHE)
-        watched = (_hub_cache("datasets", b.dataset_path), cache / b.dataset_path.replace("/", "___"))
-        downloads = cache / "downloads"
-        dd = run_bounded(load, timeout, lambda: _dir_bytes(*watched, flat=downloads))
+        repo = _hub_cache("datasets", b.dataset_path)
+        built = cache / b.dataset_path.replace("/", "___")  # datasets' own cache dir name
+        dd = run_bounded(load, timeout, lambda: _dir_bytes(repo, built, flat=cache / "downloads"))
     if not isinstance(dd, datasets.DatasetDict):
         raise MissingDataError(
             f"load_dataset({b.dataset_path!r}) returned {type(dd).__name__}, not a DatasetDict",
@@ -194,7 +194,7 @@ def save_tokenizer(source: str, out: Path, timeout: float | None = None) -> None
     except StepTimeout:
         raise
     except Exception as e:
-        if any(n in type(e).__name__ for n in _NETWORK_ERRORS) or _caused_by_network(e):
+        if _caused_by_network(e):
             raise UnreachableError(_short(e)) from e  # Fetcher names the item
         if not isinstance(e, (OSError, ValueError)):
             raise

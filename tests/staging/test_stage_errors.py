@@ -189,7 +189,7 @@ def test_a_refusing_proxy_is_named(tmp_path: Path) -> None:
 def test_network_timeout_must_be_positive(tmp_path: Path) -> None:
     proc, _ = _stage(tmp_path, "http://127.0.0.1:9", "--network-timeout", "0")
     assert proc.returncode == ExitCode.CONFIG
-    assert _final_line(proc).startswith("[CONFIG] network timeout 0.0 is not a positive")
+    assert _final_line(proc).startswith("[CONFIG] --network-timeout 0 is not a positive")
 
 
 def test_verify_never_waits_for_the_hub(tmp_path: Path, silent_port: int) -> None:
