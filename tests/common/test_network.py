@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -12,7 +11,7 @@ import pytest
 from common.errors import ConfigError
 from common.network import StepTimeout, network_timeout, probe, run_bounded
 from testbed.localservers import free_port
-from tests.httpstub import serving
+from tests.httpstub import serving, silent
 
 
 class _NotFound(BaseHTTPRequestHandler):
@@ -26,10 +25,8 @@ class _NotFound(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def silent_port() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(8)
-        yield int(s.getsockname()[1])
+    with silent() as port:
+        yield port
 
 
 def test_probe_any_answer_is_reachable() -> None:

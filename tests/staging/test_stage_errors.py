@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 from adapter.taskindex import load_index
 from common.errors import ExitCode
 from testbed.localservers import free_port
-from tests.httpstub import serving
+from tests.httpstub import serving, silent
 
 TASKS = ["arc_easy", "blimp_adjunct_island", "gsm8k"]
 DATASETS = ["allenai/ai2_arc (ARC-Easy)", "nyu-mll/blimp (adjunct_island)", "openai/gsm8k (main)"]
@@ -90,11 +89,8 @@ def _item_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
 
 @pytest.fixture
 def silent_port() -> Iterator[int]:
-    """Accepts connections (the kernel's backlog) and never answers: a hung Hub or proxy."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        yield int(s.getsockname()[1])
+    with silent() as port:  # a hung Hub
+        yield port
 
 
 class _AnswersThenHangs(BaseHTTPRequestHandler):
