@@ -45,6 +45,7 @@ class Settings:
     terminal_events: str  # adapter | sidecar
     wait_uploaded_s: float
     heartbeat_s: float
+    online_timeout_s: float  # online mode: the most a Hub fetch (the tokenizer) may take
     verbose: bool  # --verbose or AIRGAP_EVAL_DEBUG
 
     def request_cache_dir(self, spec_cache_dir: str | None) -> Path:
@@ -79,7 +80,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    help="build the task index (image build time) and exit")
     p.add_argument("--offline", choices=["auto", "on", "off"],
                    help="offline mode (env AIRGAP_EVAL_OFFLINE; default auto: on when the "
-                   "test data holds a manifest or bundles)")
+                   "test data holds a manifest or bundles; a test-data dir that does not exist "
+                   "is an error unless off)")
     p.add_argument("--terminal-events", choices=["adapter", "sidecar"],
                    help="who sends EvalHub's completed/failed event "
                    "(env AIRGAP_EVAL_TERMINAL_EVENTS; default adapter)")
@@ -144,10 +146,13 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
                                  ("AIRGAP_EVAL_OFFLINE", offline, ("auto", "on", "off"))):
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not one of {allowed}", f"set {name} correctly")
-    try:
-        wait = float(_pick(env, args.wait_uploaded, "AIRGAP_EVAL_WAIT_UPLOADED", 60))
-    except ValueError:
-        raise ConfigError("AIRGAP_EVAL_WAIT_UPLOADED is not a number", "set seconds, e.g. 60") from None
+    seconds = {}
+    for var, flag, default in (("AIRGAP_EVAL_WAIT_UPLOADED", args.wait_uploaded, 60),
+                               ("AIRGAP_EVAL_ONLINE_TIMEOUT", None, 60)):
+        try:
+            seconds[var] = float(_pick(env, flag, var, default))
+        except ValueError:
+            raise ConfigError(f"{var} is not a number", "set seconds, e.g. 60") from None
     cache = _pick(env, args.cache_dir, "AIRGAP_EVAL_CACHE_DIR", None)
     index = _pick(env, args.task_index, "AIRGAP_EVAL_TASK_INDEX", None)
     return Settings(
@@ -161,8 +166,9 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         task_index=Path(index) if index else None,
         offline=offline,
         terminal_events=terminal,
-        wait_uploaded_s=wait,
+        wait_uploaded_s=seconds["AIRGAP_EVAL_WAIT_UPLOADED"],
         heartbeat_s=args.heartbeat,
+        online_timeout_s=seconds["AIRGAP_EVAL_ONLINE_TIMEOUT"],
         verbose=args.verbose or bool(env.get("AIRGAP_EVAL_DEBUG")),
     )
 

@@ -171,7 +171,8 @@ class Run:
             )
         else:
             tokenizer = (p.tokenizer or cfg.spec.model.name) if completions else None
-            if tokenizer and (problem := preflight.online_tokenizer_problem(tokenizer)):
+            if tokenizer and (problem := preflight.online_tokenizer_problem(
+                    tokenizer, s.online_timeout_s)):
                 preflight.fail_on_problems([problem], stage_command(
                     names, s.test_data, p.tokenizer, list(cfg.include_path)))
         # The heavy imports run while the test request waits on the network.

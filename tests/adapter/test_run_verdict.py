@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -119,3 +120,22 @@ def test_a_missing_test_data_dir_is_named_and_never_goes_online(
     assert "huggingface.co" not in output and heavy == []
     assert seconds < BOUND_S, seconds
 
+
+
+def test_online_mode_bounds_a_hub_that_does_not_answer(tmp_path: Path, model: str) -> None:
+    """Asked for (--offline off), online mode fetches the tokenizer from the Hub; a Hub that
+    takes connections and never answers fails in the configured bound, naming the host."""
+    with socket.socket() as hub:  # accepts at the TCP level (backlog), never answers
+        hub.bind(("127.0.0.1", 0))
+        hub.listen(16)
+        endpoint = f"http://127.0.0.1:{hub.getsockname()[1]}"
+        spec = write_spec(tmp_path / "job.json", model, ["arc_easy"], tokenizer="org/tok")
+        rc, output, _, seconds, _ = _run(
+            tmp_path, ["--job-spec", str(spec), "--test-data", str(tmp_path / "none"),
+                       "--offline", "off"],
+            {"HF_ENDPOINT": endpoint, "AIRGAP_EVAL_ONLINE_TIMEOUT": "2"},
+        )
+    assert rc == ExitCode.UNREACHABLE, output
+    errors = [ln for ln in output.splitlines() if "[UNREACHABLE]" in ln]
+    assert len(errors) == 1 and f"from {endpoint} within 2 s" in errors[0], output
+    assert seconds < BOUND_S, seconds
