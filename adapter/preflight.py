@@ -10,8 +10,6 @@ the `airgap-eval stage` command that fixes it.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from common.errors import (
 )
 from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest
+from common.network import StepTimeout, hub_endpoint, run_bounded
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +143,20 @@ def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> s
 def online_tokenizer_problem(source: str, timeout_s: float) -> str | None:
     """A problem line, or None when the tokenizer loads. Online an HF id may download: the
     Hub's own retries can run for minutes, so the load gets `timeout_s` in all."""
-    outcome: list[str | None] = []
-    worker = threading.Thread(
-        target=lambda: outcome.append(tokenizer_load_error(source, local_only=False)),
-        name="tokenizer-fetch", daemon=True,
-    )
-    worker.start()
-    worker.join(timeout_s)
-    if not outcome:
+    try:
+        error = run_bounded(lambda: tokenizer_load_error(source, local_only=False), timeout_s)
+    except StepTimeout:
         for name in ("huggingface_hub", "transformers"):  # its retries may still log: mute them
             logging.getLogger(name).disabled = True
-        host = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        host = hub_endpoint()
         raise UnreachableError(
             f"tokenizer {source} could not be fetched from {host} within {timeout_s:.0f} s "
             "(online mode)",
             "stage it on a connected machine (airgap-eval stage --tokenizer ...) and run "
             "offline, or set HF_ENDPOINT to a reachable mirror or HTTPS_PROXY to a proxy; "
             "AIRGAP_EVAL_ONLINE_TIMEOUT sets this bound",
-        )
-    if error := outcome[0]:
+        ) from None
+    if error:
         return f"tokenizer {source} does not load with this image's transformers: {error}"
     return None
 

@@ -89,7 +89,10 @@ class _CountingHook(CacheHook):
 
 
 class ProgressMixin:
-    """Mixed in front of an lm_eval API model class (see adapter/evaluate.py)."""
+    """Mixed in front of an lm_eval API model class (see adapter/evaluate.py).
+
+    lm_eval passes `disable_tqdm=False` to its bars; None lets tqdm drop them when stderr is
+    not a terminal (our progress lines above say the same without carriage returns)."""
 
     progress: RunProgress
 
@@ -98,12 +101,12 @@ class ProgressMixin:
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> Any:
         self.progress.expect("loglikelihood", requests)
-        return super().loglikelihood(requests, disable_tqdm)  # type: ignore[misc]
+        return super().loglikelihood(requests, disable_tqdm or None)  # type: ignore[misc]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> Any:
         self.progress.expect("loglikelihood_rolling", requests)
-        return super().loglikelihood_rolling(requests, disable_tqdm)  # type: ignore[misc]
+        return super().loglikelihood_rolling(requests, disable_tqdm or None)  # type: ignore[misc]
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> Any:
         self.progress.expect("generate_until", requests)
-        return super().generate_until(requests, disable_tqdm)  # type: ignore[misc]
+        return super().generate_until(requests, disable_tqdm or None)  # type: ignore[misc]

@@ -28,7 +28,7 @@ from adapter.config import RunConfig, Settings, prepare_job, read_job
 from adapter.datacheck import TreeCheck, stage_command
 from adapter.events import Events, SdkAdapter, job_results
 from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
-from common.errors import ConfigError, MissingDataError
+from common.errors import MissingDataError
 from common.logs import register_secret
 
 if TYPE_CHECKING:
@@ -145,10 +145,8 @@ class Run:
         index = taskindex.load_index(cfg.task_index, list(cfg.include_path))
         resolution = taskindex.resolve(list(cfg.tasks), index)
         if resolution.unknown:
-            raise ConfigError(
-                f"unknown task or group name(s): {', '.join(resolution.unknown)}",
-                "check the spelling (`lm_eval ls tasks`), or add parameters.include_path "
-                "for custom task YAMLs",
+            raise taskindex.unknown_tasks_error(
+                resolution.unknown, index, "add parameters.include_path"
             )
         # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
         # goes by the manifest's record for them, the seam finds their bundle later.

@@ -8,6 +8,7 @@ folders its tasks live in (`include_defaults=False, include_path=[...]`): < 0.5 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import logging
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write
+from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def _cached_index(path: Path) -> dict[str, Any]:
             return index
         log.info("task index %s is stale; rebuilding", path)
     except FileNotFoundError:
-        log.info("no task index at %s; building it once (10-20 s)", path)
+        log.info("no task index at %s; building it once (20-50 s on 2 cores)", path)
     except ValueError:
         log.warning("task index %s is corrupt; rebuilding", path)
     index = build_index()
@@ -188,3 +190,17 @@ def resolve(names: list[str], index: dict[str, Any]) -> Resolution:
     folders = sorted(set(out.folders))
     out.folders = [f for f in folders if not any(p in folders for p in f.parents)]
     return out
+
+
+def unknown_tasks_error(unknown: list[str], index: dict[str, Any], custom: str) -> ConfigError:
+    """The one error for names that are no task, group or tag (run, stage, verify, slugs):
+    each with its close matches. `custom`: how this command takes custom task YAMLs."""
+    names = list(index["entries"])
+    listed = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+        listed.append(f"{name} (did you mean {' or '.join(close)}?)" if close else name)
+    return ConfigError(
+        f"unknown task or group name(s): {', '.join(listed)}",
+        f"check the spelling (`lm_eval ls tasks`), or {custom} for custom task YAMLs",
+    )

@@ -1,13 +1,16 @@
 """`airgap-eval SUBCOMMAND ...`: a thin dispatcher. Only the chosen subcommand's module is
 imported, so `sync` and `upload` never pay for (or need) lm_eval, and `run` can set the HF
-offline env before anything imports `datasets`."""
+offline env before anything imports `datasets`. A command whose extra is not installed ends
+with one CONFIG line naming it (exit 2), before anything is imported."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 from airgap_eval import __version__
+from common.errors import ConfigError
 
 # name -> ("module" whose `main(argv, prog) -> int` runs it, or "module:function"; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,6 +22,62 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "slugs": ("staging.cli:slugs_main", "print the slugs (bundle dirs) tasks need"),
     "demo": ("testbed.demo", "the whole pod locally: SeaweedFS, vLLM, sync -> run -> upload"),
 }
+
+
+# What a command needs beyond the base install (what the init image carries), checked before
+# its module is imported: a missing extra is one CONFIG line, not a ModuleNotFoundError.
+# Modules, not distributions: find_spec costs ~0.1 ms, importlib.metadata ~0.2 s of start-up.
+# tests/test_cli.py checks these against pyproject.toml's extras.
+ADAPTER_MODULES = (
+    "lm_eval",
+    "datasets",
+    "transformers",
+    # eval-hub-sdk[adapter]: evalhub.adapter imports these
+    "httpx",
+    "oras",
+    "olot",
+    "opentelemetry.sdk",
+)
+NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "run": ("adapter", ADAPTER_MODULES),
+    "stage": ("adapter", ADAPTER_MODULES),
+    "verify": ("adapter", ADAPTER_MODULES),
+    "slugs": ("adapter", ADAPTER_MODULES),
+    "demo": ("dev", ("testbed", *ADAPTER_MODULES, "tokenizers")),
+}
+_INSTALL_HINT = {
+    "adapter": 'pip install "airgap-eval[adapter]", or use the adapter image '
+    "(airgap-eval-adapter: `docker build --target adapter`)",
+    "dev": 'in the source checkout: `make setup` (pip install -e ".[dev]")',
+}
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # a missing parent package, or a None in sys.modules
+        return True
+
+
+def missing_extra(command: str) -> ConfigError | None:
+    """The CONFIG error to end with when `command` cannot run on this install, else None."""
+    if command not in NEEDS:
+        return None
+    extra, modules = NEEDS[command]
+    absent = [m for m in modules if _missing(m)]
+    if not absent:
+        return None
+    if "testbed" in absent:  # never in an image or a wheel install: the demo is the repo's
+        return ConfigError(
+            f"airgap-eval {command} runs from a source checkout: testbed/ (its local servers "
+            "and tiny assets) is not installed here",
+            "clone the airgap-eval repository and run `make demo` in it",
+        )
+    return ConfigError(
+        f"airgap-eval {command} needs the {extra} extra, which this install lacks "
+        f"(no module {', '.join(absent)})",
+        _INSTALL_HINT[extra],
+    )
 
 
 def _usage() -> str:
@@ -40,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"airgap-eval: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if error := missing_extra(name):
+        print(error.one_line(), file=sys.stderr)
+        return int(error.exit_code)
     module, _, function = COMMANDS[name][0].partition(":")
     entry = getattr(importlib.import_module(module), function or "main")
     return int(entry(rest, prog=f"airgap-eval {name}"))

@@ -31,6 +31,31 @@ class _RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+# Third-party noise, silenced through each library's own switch. They read it when first
+# imported, so it is set here, before that; a value already in the env wins.
+_QUIET_ENV = {
+    # "PyTorch was not found": the adapter and stage never need torch (OpenAI-compatible models)
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    # a warning per HTTP retry: our network steps report each failure once (staging.network)
+    "HF_HUB_VERBOSITY": "error",
+}
+# Without a terminal a progress bar is carriage-return noise in `kubectl logs` and log files;
+# our own progress is a log line (Progress below).
+_NO_BARS_ENV = {
+    "TQDM_DISABLE": "1",  # tqdm >= 4.66 reads TQDM_<ARG> defaults: lm_eval's bars
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+def quiet_libraries(verbose: bool = False, tty: bool | None = None) -> None:
+    env = {} if verbose else dict(_QUIET_ENV)
+    if not (sys.stderr.isatty() if tty is None else tty):
+        env |= _NO_BARS_ENV
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+
+
 def setup_logging(
     verbose: bool = False, stream: TextIO | None = None, log_file: Path | None = None
 ) -> None:
@@ -44,7 +69,9 @@ def setup_logging(
         handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = handlers
-    root.setLevel(logging.DEBUG if verbose or os.environ.get("AIRGAP_EVAL_DEBUG") else logging.INFO)
+    debug = verbose or bool(os.environ.get("AIRGAP_EVAL_DEBUG"))
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    quiet_libraries(debug)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapter.taskindex import load_index, resolve
+from adapter.taskindex import load_index, resolve, unknown_tasks_error
 from adapter.taskplan import TaskPlan, plan_tasks
 from common.entry import run_guarded
 from common.errors import ConfigError, IntegrityError, MissingDataError
 from common.layout import STATE_DIR_NAME, STATUS_NAME
 from common.logs import setup_logging
+from common.network import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, network_timeout
 from common.status import StatusRecord
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ MAPPING_SUITES = (
     "ifeval",
 )
 _OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+_CUSTOM = "pass --include-path DIR"  # how these commands take custom task YAMLs
 
 
 def _task_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
@@ -98,6 +100,14 @@ def _stage_parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="read datasets and tokenizer from the local HF cache only (HF_*_OFFLINE=1)",
     )
+    p.add_argument(
+        "--network-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up an item (dataset, tokenizer, nltk data) after this long without download "
+        f"progress; a Hub that cannot be reached fails at once (default ${TIMEOUT_ENV} or "
+        f"{DEFAULT_TIMEOUT_S:.0f})",
+    )
     p.add_argument("--status", type=Path, help="status record path (default DIR/.airgap-eval/)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -116,7 +126,12 @@ def stage_main(argv: list[str], prog: str = "airgap-eval stage") -> int:
         if upload and args.endpoint:
             os.environ["AWS_S3_ENDPOINT"] = args.endpoint
         result = stage(
-            _tasks(args), args.tokenizer, args.out, include_path=args.include_path, upload=upload
+            _tasks(args),
+            args.tokenizer,
+            args.out,
+            include_path=args.include_path,
+            upload=upload,
+            network_timeout=network_timeout(args.network_timeout),
         )
         status.progress = {
             "written": result.written,
@@ -223,7 +238,7 @@ def mapping_table(tasks: list[str], index: dict[str, Any]) -> tuple[list[str], i
 
     plan = _plan(tasks, index)
     if plan.unknown:
-        raise ConfigError(f"unknown task(s): {', '.join(plan.unknown)}", "check the spelling")
+        raise unknown_tasks_error(plan.unknown, index, _CUSTOM)
     rows = [
         "| task | dataset_path | dataset_name | data_files | slug | legacy alias |",
         "|---|---|---|---|---|---|",
@@ -283,7 +298,7 @@ def slugs_main(argv: list[str], prog: str = "airgap-eval slugs") -> int:
             return
         plan = _plan(tasks, index)
         if plan.unknown:
-            raise ConfigError(f"unknown task(s): {', '.join(plan.unknown)}", "check the spelling")
+            raise unknown_tasks_error(plan.unknown, index, _CUSTOM)
         for s in plan.bundles:
             print(s)
         for t, why in plan.unresolved.items():

@@ -5,6 +5,10 @@ Tasks and groups resolve to leaf tasks through the prebuilt task index; each dis
 under its slug; the tokenizer and the nltk data the tasks' code downloads are saved beside
 them; `manifest.json` is written last. A rerun only adds what is missing or broken.
 
+Network: one probe of the Hub first (a Hub that cannot be reached fails every item from it at
+once), then each item under `--network-timeout` seconds without progress (common.network);
+a line as each item starts and one when it ends; one error at the end names all that failed.
+
 Which bundles, splits and assets: adapter.taskplan (the run path plans with the same code).
 Heavy libraries (datasets, transformers) are imported inside the functions that need them.
 """
@@ -18,8 +22,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ from adapter.taskplan import BundleNeed, plan_tasks
 from common.errors import (
     AirgapError,
     ConfigError,
+    DeadlineError,
     MissingDataError,
     NotFoundError,
     UnreachableError,
@@ -39,6 +45,15 @@ from common.errors import (
 from common.layout import MANIFEST_NAME, STATE_DIR_NAME, TOKENIZER_DIR_NAME
 from common.logs import redact, register_secret
 from common.manifest import FileEntry, Manifest, entries_for, iter_tree, mismatches
+from common.network import (
+    DEFAULT_TIMEOUT_S,
+    PROBE_TIMEOUT_S,
+    StepTimeout,
+    host_of,
+    hub_endpoint,
+    probe,
+    run_bounded,
+)
 from common.s3 import client, folder, parse_s3_uri, s5cmd_args, s5cmd_binary, translate
 from common.s3settings import S3Connection, resolve_connection
 
@@ -46,7 +61,9 @@ log = logging.getLogger(__name__)
 
 STAGING_DIR = f"{STATE_DIR_NAME}/staging"
 VERSIONED = ("lm_eval", "datasets", "transformers", "tokenizers", "airgap-eval")
-NLTK_DOWNLOAD_TIMEOUT_S = 120  # nltk.download has no timeout of its own and can stall
+# datasets' packaged builders: with local data_files they never touch the network
+PACKAGED_BUILDERS = frozenset({"json", "csv", "parquet", "arrow", "text", "pandas", "xml"})
+_NETWORK_ERRORS = ("Offline", "Connection", "Timeout", "HTTPError", "NetworkError", "ProxyError")
 
 
 
@@ -93,20 +110,62 @@ def _load_error(e: Exception, b: BundleNeed) -> AirgapError:
             "check dataset_path/dataset_name/data_files of the task; for a gated dataset "
             "accept its terms on the Hub and set HF_TOKEN",
         )
-    if "Offline" in name or "Connection" in name or "Timeout" in name:
-        return UnreachableError(
-            f"{what}{used_by} could not be fetched: {name}: {e}",
-            "run `stage` on a machine that reaches the Hugging Face Hub, or populate the HF "
-            "cache there and rerun with --offline",
-        )
+    if _caused_by_network(e):
+        return UnreachableError(f"{name}: {_short(e)}")  # Fetcher names the item
     return MissingDataError(f"loading {what}{used_by} failed: {name}: {e}", "see the log above")
 
 
-def save_bundle(b: BundleNeed, out: Path) -> int:
-    """load_dataset once, save_to_disk under the slug (atomically). Returns rows written."""
+def _short(e: BaseException) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def _dir_bytes(*dirs: Path, flat: Path | None = None) -> int:
+    """Bytes under these dirs (and directly in `flat`, a shared downloads dir): a download's
+    progress, read once a second while it runs."""
+    total = 0
+    for d in dirs:
+        for root, _, files in os.walk(d):
+            for f in files:
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(root, f)).st_size
+    with contextlib.suppress(OSError), os.scandir(flat or "/nonexistent") as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                total += entry.stat().st_size if entry.is_file() else 0
+    return total
+
+
+def _hub_cache(kind: str, repo: str) -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"{kind}--{repo.replace('/', '--')}"
+
+
+def is_hub_dataset(b: BundleNeed) -> bool:
+    """Loaded from the Hub (not a local dir, nor a packaged builder on local files)."""
+    if Path(b.dataset_path).exists():
+        return False
+    # a packaged builder's data_files: local, or URLs on another host (bounded all the same)
+    return b.dataset_path not in PACKAGED_BUILDERS
+
+
+def save_bundle(b: BundleNeed, out: Path, timeout: float | None = None) -> int:
+    """load_dataset once, save_to_disk under the slug (atomically). Returns rows written.
+
+    With `timeout`, the load is given up after that many seconds without download progress
+    (StepTimeout); the save runs here, so a given-up load never writes into `out`."""
     import datasets
 
-    dd = datasets.load_dataset(b.dataset_path, b.dataset_name, **b.dataset_kwargs)
+    def load() -> Any:
+        return datasets.load_dataset(b.dataset_path, b.dataset_name, **b.dataset_kwargs)
+
+    if timeout is None:
+        dd = load()
+    else:
+        cache = Path(datasets.config.HF_DATASETS_CACHE)
+        repo = _hub_cache("datasets", b.dataset_path)
+        built = cache / b.dataset_path.replace("/", "___")  # datasets' own cache dir name
+        dd = run_bounded(load, timeout, lambda: _dir_bytes(repo, built, flat=cache / "downloads"))
     if not isinstance(dd, datasets.DatasetDict):
         raise MissingDataError(
             f"load_dataset({b.dataset_path!r}) returned {type(dd).__name__}, not a DatasetDict",
@@ -120,12 +179,25 @@ def save_bundle(b: BundleNeed, out: Path) -> int:
     return sum(d.num_rows for d in dd.values())
 
 
-def save_tokenizer(source: str, out: Path) -> None:
+def save_tokenizer(source: str, out: Path, timeout: float | None = None) -> None:
     from transformers import AutoTokenizer
 
+    def load() -> Any:
+        return AutoTokenizer.from_pretrained(source)
+
     try:
-        tok = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
+        if timeout is None or Path(source).is_dir():
+            tok = load()
+        else:
+            watched = _hub_cache("models", source)
+            tok = run_bounded(load, timeout, lambda: _dir_bytes(watched))
+    except StepTimeout:
+        raise
+    except Exception as e:
+        if _caused_by_network(e):
+            raise UnreachableError(_short(e)) from e  # Fetcher names the item
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         raise NotFoundError(
             f"tokenizer {source!r} could not be loaded: {e}",
             "pass a Hugging Face model id this machine can reach (HF_TOKEN for gated ones) "
@@ -134,6 +206,16 @@ def save_tokenizer(source: str, out: Path) -> None:
     tmp = _fresh_tmp(out, TOKENIZER_DIR_NAME)
     tok.save_pretrained(str(tmp))
     _replace_dir(tmp, out / TOKENIZER_DIR_NAME)
+
+
+def _caused_by_network(e: BaseException) -> bool:
+    """transformers wraps the Hub's connection errors in an OSError ("couldn't connect")."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if any(n in type(seen).__name__ for n in _NETWORK_ERRORS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "couldn't connect" in str(e) or "offline mode" in str(e).lower()
 
 
 def _nltk_search_path() -> list[Path]:
@@ -147,8 +229,9 @@ def _nltk_search_path() -> list[Path]:
     return paths
 
 
-def save_nltk(package: str, out: Path) -> None:
-    """Copy the package from a local nltk data dir, else download it (bounded in time)."""
+def save_nltk(package: str, out: Path, timeout: float = 60.0) -> None:
+    """Copy the package from a local nltk data dir, else download it (bounded in time:
+    nltk.download has no timeout of its own and can stall)."""
     dest_root = out / NLTK_DIR_NAME
     for base in _nltk_search_path():
         for found in sorted(base.glob(f"*/{package}")):
@@ -170,12 +253,17 @@ def save_nltk(package: str, out: Path) -> None:
         subprocess.run(
             [sys.executable, "-c", code, package, str(dest_root)],
             check=True,
-            timeout=NLTK_DOWNLOAD_TIMEOUT_S,
+            timeout=timeout,
             capture_output=True,
         )
+    except subprocess.TimeoutExpired as e:
+        raise StepTimeout(f"no download in {timeout:.0f} s") from e
     except (subprocess.SubprocessError, OSError) as e:
+        tail = getattr(e, "stderr", b"") or b""
+        lines = tail.decode(errors="replace").strip().splitlines()
         raise UnreachableError(
-            f"nltk data {package!r} is neither in a local nltk data dir nor downloadable: {e}",
+            f"nltk data {package!r} is neither in a local nltk data dir nor downloadable: "
+            + (lines[-1][:200] if lines else str(e)),
             f"run `python -m nltk.downloader {package}` on a connected machine (or set "
             "NLTK_DATA to a dir holding it) and rerun stage",
         ) from e
@@ -220,10 +308,151 @@ def _build_manifest(
     return Manifest(files=dict(sorted(files.items())), **fields)
 
 
-def _progress(total: int) -> Any:
-    from tqdm import tqdm
+NLTK_HOST = "raw.githubusercontent.com"  # nltk.download's default index
 
-    return tqdm(total=total, unit="bundle", desc="stage", disable=not sys.stderr.isatty())
+
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Unfetched:
+    kind: str  # "dataset", "tokenizer", "nltk data"
+    name: str
+    source: str  # "the Hugging Face Hub at URL", ...
+    why: str
+    timed_out: bool
+
+
+@dataclass
+class Fetcher:
+    """The network items of one stage run: a progress line as each starts, one line when one
+    fails (never one per retry), and what could not be fetched for the final message.
+
+    `timeout`: seconds an item may go without download progress (None: unbounded)."""
+
+    timeout: float | None
+    total: int
+    hub: str = field(default_factory=hub_endpoint)
+    hub_down: str | None = None  # why the Hub did not answer the probe
+    unfetched: list[Unfetched] = field(default_factory=list)  # named by one error at the end
+    errors: list[AirgapError] = field(default_factory=list)  # the other failures
+    done: int = 0
+
+    @property
+    def hub_source(self) -> str:
+        if _hf_offline():
+            return "the local HF cache (--offline)"
+        return f"the Hugging Face Hub at {self.hub}"
+
+    def check_hub(self, needed: bool) -> None:
+        """One probe before the first download: a Hub that cannot be reached then fails every
+        item from it at once instead of each waiting out the libraries' retries."""
+        if not needed or _hf_offline():
+            return
+        bound = min(PROBE_TIMEOUT_S, self.timeout) if self.timeout else PROBE_TIMEOUT_S
+        self.hub_down = probe(self.hub, bound)
+        if self.hub_down:
+            log.error("%s cannot be reached (%s)", self.hub_source, self.hub_down)
+
+    def fetch(
+        self, kind: str, name: str, users: list[str], source: str, fn: Callable[[], str]
+    ) -> bool:
+        """Run fn (it returns what it did: "staged X (1,234 rows)"); True when it worked.
+        A failure is one log line, kept here (`errors`, or `unfetched` for the network)."""
+        self.done += 1
+        tag = f"[{self.done}/{self.total}] {kind} {name}"
+        tag += f" for {', '.join(users[:3])}{' ...' if len(users) > 3 else ''}" if users else ""
+        if source == self.hub_source and self.hub_down:
+            return self._unfetched(tag, Unfetched(kind, name, source, self.hub_down, False))
+        log.info("%s: loading", tag)
+        start = time.monotonic()
+        try:
+            result = fn()
+        except StepTimeout as e:
+            if source == self.hub_source:  # it answered the probe, then went silent
+                self.hub_down = f"it stopped answering: {e}"
+            return self._unfetched(tag, Unfetched(kind, name, source, str(e), True))
+        except UnreachableError as e:
+            why = "not in the cache" if _hf_offline() else e.message
+            return self._unfetched(tag, Unfetched(kind, name, source, why, False))
+        except AirgapError as e:
+            log.error("%s: failed: %s", tag, e.message)
+            self.errors.append(e)
+            return False
+        log.info("%s: %s in %.1f s", tag, result, time.monotonic() - start)
+        return True
+
+    def _unfetched(self, tag: str, item: Unfetched) -> bool:
+        log.error("%s: not fetched from %s: %s", tag, item.source, item.why)
+        self.unfetched.append(item)
+        return False
+
+    def error(self) -> AirgapError | None:
+        """One error naming every item not fetched, where from, why, and the fixes."""
+        if not self.unfetched:
+            return None
+        counts: dict[str, int] = {}
+        by_source: dict[str, list[Unfetched]] = {}
+        for u in self.unfetched:
+            counts[u.kind] = counts.get(u.kind, 0) + 1
+            by_source.setdefault(u.source, []).append(u)
+        kinds = [
+            "the tokenizer" if k == "tokenizer" else f"{n} {k}{'s' if n > 1 and k == 'dataset' else ''}"
+            for k, n in counts.items()
+        ]
+        what = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+        parts = []
+        for source, items in by_source.items():
+            reasons = {u.why for u in items}
+            common = f" ({reasons.pop()})" if len(reasons) == 1 else ""
+            names = _listing(items) if common else ", ".join(
+                f"{u.kind} {u.name} ({u.why})" for u in items
+            )
+            parts.append(f"from {source}{common}: {names}")
+        cls = DeadlineError if all(u.timed_out for u in self.unfetched) else UnreachableError
+        hosts = ", ".join(
+            host_of(self.hub) if src == self.hub_source else src.rsplit(" ", 1)[-1].strip("()")
+            for src in by_source
+        )
+        if _hf_offline():
+            names = _listing(self.unfetched)
+            return NotFoundError(
+                f"could not find {what} in the local HF cache (--offline): {names}",
+                "run stage without --offline on a machine that reaches the Hub, or point "
+                "HF_HOME at an HF cache that holds them",
+            )
+        timeout = f" (now {self.timeout:.0f})" if self.timeout else ""
+        return cls(
+            f"could not fetch {what} {'; '.join(parts)}",
+            f"run stage on a machine that reaches {hosts}, or set HF_ENDPOINT to a Hub mirror "
+            "or HTTPS_PROXY to a proxy that does; with the data in the local HF cache: "
+            f"--offline; on a slow link: --network-timeout SECONDS{timeout}. A rerun keeps "
+            "what is staged",
+        )
+
+
+def _listing(items: list[Unfetched]) -> str:
+    """`dataset nyu-mll/blimp (adjunct_island, causative)`: one entry per dataset path, every
+    config named (67 blimp configs stay one line a reader can scan)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for u in items:
+        path, _, config = u.name.partition(" (")  # names are "path (config)"
+        grouped.setdefault((u.kind, path), []).append(config.rstrip(")"))
+    return ", ".join(
+        f"{kind} {path}" + (f" ({', '.join(c for c in configs if c)})" if any(configs) else "")
+        for (kind, path), configs in grouped.items()
+    )
+
+
+def _fetch_bundle(b: BundleNeed, out: Path, timeout: float | None) -> str:
+    try:
+        rows = save_bundle(b, out, timeout)
+    except (AirgapError, StepTimeout):
+        raise
+    except Exception as e:  # datasets raises many unrelated types
+        raise _load_error(e, b) from e
+    return f"staged {b.slug} ({rows:,} rows)"
 
 
 def stage(
@@ -234,21 +463,19 @@ def stage(
     include_path: Iterable[Path] | None = None,
     upload: str | None = None,
     index: dict[str, Any] | None = None,
+    network_timeout: float | None = None,
 ) -> StageResult:
     """Stage bundles + tokenizer + nltk data for `tasks` into `out`; manifest.json last.
 
-    Every bundle that can be staged is, even when others fail; then the first failure is
-    raised (naming all of them), so a rerun only redoes what failed.
+    Every item that can be staged is, even when others fail; then one error names all that
+    failed, so a rerun only redoes those. `network_timeout`: seconds an item may go without
+    download progress before it is given up (None: no bound).
     """
     register_secret(os.environ.get("HF_TOKEN"))
     index = index if index is not None else taskindex.load_index(None, list(include_path or []))
     plan = plan_tasks(taskindex.resolve(tasks, index), index)
     if plan.unknown:
-        raise ConfigError(
-            f"unknown task or group name(s): {', '.join(plan.unknown)}",
-            "check the spelling (`lm_eval ls tasks`), or pass --include-path DIR for "
-            "custom task YAMLs",
-        )
+        raise taskindex.unknown_tasks_error(plan.unknown, index, "pass --include-path DIR")
     out.mkdir(parents=True, exist_ok=True)
     previous = _load_previous(out)
     if tokenizer is None:
@@ -266,47 +493,56 @@ def stage(
     ]
     done_slugs: set[str] = set()
 
-    todo = [b for s, b in sorted(plan.bundles.items())]
-    bar = _progress(len(todo))
-    for b in todo:
+    todo: list[BundleNeed] = []
+    for _, b in sorted(plan.bundles.items()):
         if _unchanged(out, b.slug, previous) and is_bundle(out / b.slug):
             skipped.append(b.slug)
             done_slugs.add(b.slug)
         else:
-            start = time.monotonic()
-            try:
-                rows = save_bundle(b, out)
-            except AirgapError as e:
-                failures.append(e)
-            except Exception as e:  # datasets raises many unrelated types
-                failures.append(_load_error(e, b))
-            else:
-                written.add(b.slug)
-                done_slugs.add(b.slug)
-                log.info("staged %s (%d rows) in %.1f s", b.slug, rows, time.monotonic() - start)
-        bar.update(1)
-    bar.close()
-
+            todo.append(b)
     same_tok = previous is not None and previous.tokenizer == tokenizer
-    if same_tok and _unchanged(out, TOKENIZER_DIR_NAME, previous):
+    tok_todo = not (same_tok and _unchanged(out, TOKENIZER_DIR_NAME, previous))
+    if not tok_todo:
         skipped.append(TOKENIZER_DIR_NAME)
-    else:
-        save_tokenizer(tokenizer, out)
-        written.add(TOKENIZER_DIR_NAME)
-        log.info("staged tokenizer %s", tokenizer)
-
     staged_nltk = set(previous.assets.get("nltk", [])) if previous else set()
-    for pkg, users in sorted(plan.nltk.items()):
-        if pkg in staged_nltk and any((out / NLTK_DIR_NAME).glob(f"*/{pkg}")):
-            continue
-        try:
-            save_nltk(pkg, out)
-        except AirgapError as e:
-            failures.append(e)
-            continue
-        staged_nltk.add(pkg)
-        written.add(NLTK_DIR_NAME)
-        log.info("staged nltk data %s (for %s)", pkg, ", ".join(users[:3]))
+    nltk_todo = [
+        (pkg, users)
+        for pkg, users in sorted(plan.nltk.items())
+        if not (pkg in staged_nltk and any((out / NLTK_DIR_NAME).glob(f"*/{pkg}")))
+    ]
+    net = Fetcher(network_timeout, len(todo) + int(tok_todo) + len(nltk_todo))
+    tok_from_hub = tok_todo and not Path(tokenizer).is_dir()
+    net.check_hub(tok_from_hub or any(is_hub_dataset(b) for b in todo))
+    if skipped:
+        log.info("unchanged since the last run, kept: %s", ", ".join(skipped))
+
+    for b in todo:
+        source = net.hub_source if is_hub_dataset(b) else "the network"
+        name = b.dataset_path + (f" ({b.dataset_name})" if b.dataset_name else "")
+        fn = partial(_fetch_bundle, b, out, network_timeout)
+        if net.fetch("dataset", name, b.tasks, source, fn):
+            written.add(b.slug)
+            done_slugs.add(b.slug)
+
+    staged_tokenizer = tokenizer if not tok_todo else None
+    if tok_todo:
+
+        def fetch_tokenizer() -> str:
+            save_tokenizer(tokenizer, out, network_timeout)
+            return "staged"
+
+        source = net.hub_source if tok_from_hub else "the network"
+        if net.fetch("tokenizer", tokenizer, [], source, fetch_tokenizer):
+            written.add(TOKENIZER_DIR_NAME)
+            staged_tokenizer = tokenizer
+    if staged_tokenizer is None and previous and (out / TOKENIZER_DIR_NAME).is_dir():
+        staged_tokenizer = previous.tokenizer  # what the tree still holds
+
+    for pkg, users in nltk_todo:
+        fn = partial(_fetch_nltk, pkg, out, network_timeout)
+        if net.fetch("nltk data", pkg, users, f"nltk's downloads ({NLTK_HOST})", fn):
+            staged_nltk.add(pkg)
+            written.add(NLTK_DIR_NAME)
     if plan.evaluate:
         log.warning(
             "tasks load metric modules from the Hub at run time (not staged): %s",
@@ -323,11 +559,13 @@ def stage(
         written,
         versions=library_versions(),
         tasks=dict(sorted(task_map.items())),
-        tokenizer=tokenizer,
+        tokenizer=staged_tokenizer,
         assets={"nltk": sorted(staged_nltk), "evaluate": sorted(metrics | set(plan.evaluate))},
     )
     shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
     manifest.dump(out / MANIFEST_NAME)  # last: its presence means the tree is complete
+    network = net.error()
+    failures = ([network] if network else []) + net.errors + failures
     result = StageResult(out, manifest, sorted(written), skipped, failures)
     if failures:
         first = failures[0]
@@ -341,6 +579,11 @@ def stage(
     if upload:
         upload_tree(out, manifest, upload)
     return result
+
+
+def _fetch_nltk(package: str, out: Path, timeout: float | None) -> str:
+    save_nltk(package, out, timeout or DEFAULT_TIMEOUT_S)
+    return "staged"
 
 
 # --- upload --------------------------------------------------------------------------------

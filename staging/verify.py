@@ -25,7 +25,7 @@ from adapter.datacheck import (
     tokenizer_item,
 )
 from adapter.offline import NLTK_DIR_NAME
-from adapter.taskindex import load_index, resolve
+from adapter.taskindex import load_index, resolve, unknown_tasks_error
 from adapter.taskplan import plan_tasks
 from common.errors import ConfigError
 from common.layout import MANIFEST_NAME
@@ -76,15 +76,14 @@ def verify(
     includes = list(include_path or [])
     index = load_index(None, includes)
     res = resolve(tasks, index)
-    if not res.leaves and not res.unknown:
+    if res.unknown:  # a typo, not missing data: the same error as run's
+        raise unknown_tasks_error(res.unknown, index, "pass --include-path DIR")
+    if not res.leaves:
         raise ConfigError(f"{tasks} resolve to no task", "name at least one lm_eval task")
     manifest = (
         Manifest.load(test_data / MANIFEST_NAME) if (test_data / MANIFEST_NAME).is_file() else None
     )
     report = VerifyReport(test_data)
-    report.items += [
-        Item(t, "-", "unknown", "not an lm_eval task, group or tag") for t in res.unknown
-    ]
 
     check = find_bundles(test_data, plan_tasks(res, index), manifest)
     read_bundles(check, manifest)
@@ -98,9 +97,7 @@ def verify(
         _check_hashes(test_data, manifest, report)
 
     if report.problems:
-        bad = [
-            i.task for i in report.problems if i.task != TOKENIZER_ITEM and i.status != "unknown"
-        ]
+        bad = [i.task for i in report.problems if i.task != TOKENIZER_ITEM]
         retry = list(dict.fromkeys(bad)) or list(tasks)
         src = manifest.tokenizer if manifest else None
         report.fix_command = stage_command(retry, test_data, src, includes)

@@ -94,6 +94,7 @@ def _scores(results_dir: Path) -> list[tuple[str, str, float]]:
 
 
 def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
+    from adapter.taskindex import default_index_path
     from common.manifest import Manifest
     from common.s3 import client
     from staging.stage import upload_tree
@@ -131,7 +132,8 @@ def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
         )
         log.info("      uploaded (%.1f s)", time.monotonic() - t)
 
-        t = _step(4, "starting a vLLM CPU endpoint serving the tiny model (~30 s)")
+        # Measured on 2 cores: 70-113 s (most of it vLLM's own imports and CPU warm-up).
+        t = _step(4, "starting a vLLM CPU endpoint serving the tiny model (usually 1-2 min)")
         vllm = stack.enter_context(VLLMServer(assets.model, log_path=workdir / "vllm.log"))
         log.info("      model at %s (%.1f s)", vllm.base_url, time.monotonic() - t)
 
@@ -143,6 +145,9 @@ def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
         log.info("      synced and made read-only (%.1f s)", time.monotonic() - t)
 
         t = _step(6, "adapter: airgap-eval run, with the sidecar (airgap-eval upload) watching")
+        if not default_index_path().is_file():
+            # Measured on 2 cores: 18-50 s (load-dependent); once per lm_eval version.
+            log.info("      first run here: it builds lm_eval's task index once (20-50 s)")
         spec = pod / "meta" / "job.json"
         spec.parent.mkdir()
         spec.write_text(json.dumps(_job_spec(vllm.base_url, tasks, limit), indent=1))
@@ -176,9 +181,10 @@ def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
 
         _step(7, "results")
         rows = _scores(results)
-        print("\n  task                      metric          value")
+        width = max([len(m) for _, m, _ in rows] + [6])
+        print(f"\n  {'task':<25} {'metric':<{width}} value")
         for task, metric, value in rows:
-            print(f"  {task:<25} {metric:<15} {value:.4f}")
+            print(f"  {task:<25} {metric:<{width}} {value:.4f}")
         keys = [
             o["Key"]
             for o in client(s3.connection())

@@ -3,6 +3,7 @@ EvalHub event receiver), stopped whatever the test does."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,3 +21,13 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def silent() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers: a hung
+    server or proxy. Yields the port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield int(s.getsockname()[1])

@@ -27,6 +27,10 @@ def test_demo_runs_the_pod_and_lands_results_in_s3(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=1100,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # No third-party noise in a log that is not a terminal: no progress bars (carriage
+    # returns), no transformers notice about PyTorch, no setuptools deprecation block.
+    for noise in ("\r", "PyTorch was not found", "it/s]", "SetuptoolsDeprecationWarning"):
+        assert noise not in proc.stderr and noise not in proc.stdout, noise
     # Scores for every bundled task, printed and in lm_eval's results file.
     for task in ("arc_easy", "blimp_adjunct_island", "hellaswag", "gsm8k"):
         assert f"  {task} " in proc.stdout

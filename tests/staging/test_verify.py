@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ExitCode
+from common.errors import ConfigError, ExitCode
 from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest, build_manifest
 from common.status import read_status
@@ -163,8 +163,9 @@ def test_staged_tokenizer_found_by_its_source_name(staged: Path, custom_tasks: P
 
 def test_unknown_task_and_no_manifest(staged_copy: Path, custom_tasks: Path) -> None:
     (staged_copy / MANIFEST_NAME).unlink()
-    report = verify(staged_copy, ["stg_qa", "no_such_task"], include_path=[custom_tasks])
-    assert statuses(report)["no_such_task"] == "unknown"
+    with pytest.raises(ConfigError, match=r"stg_qx \(did you mean stg_qa\?\)"):
+        verify(staged_copy, ["stg_qa", "stg_qx"], include_path=[custom_tasks])
+    report = verify(staged_copy, ["stg_qa"], include_path=[custom_tasks])
     assert statuses(report)["stg_qa"] == "mismatch"  # nothing to check the hashes against
     assert verify(staged_copy, ["stg_qa"], include_path=[custom_tasks], check_hashes=False).ok
 
