@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter import egress, offline
 from adapter.config import RunConfig, merge_overrides, parser, resolve
-from adapter.events import Events, SdkAdapter, job_results
+from adapter.events import Events, SdkAdapter, job_results, primary_definition
 from adapter.jobspec import (
     MAX_CONCURRENT,
     RunParameters,
@@ -28,6 +28,7 @@ from adapter.jobspec import (
 from adapter.outputs import LOG_NAME, StatusWriter, redact_files, wait_uploaded, write_done
 from common.entry import run_guarded
 from common.errors import AirgapError, ConfigError
+from common.evalhub_metrics import evalhub_metrics, primary_score
 from common.jobspec import parse_job_spec, read_spec_file
 from common.logs import register_secret, setup_logging
 from common.status import StatusRecord
@@ -232,16 +233,14 @@ class Run:
         self._phase("post_processing")
         files = ev.save(results, tracker, cfg.output_dir, settings, params.log_samples)
         redact_files(files)
-        metrics = ev.flat_metrics(results)
+        metrics = evalhub_metrics(results, spec.benchmark_id, names)
         self.status.metrics = metrics
-        primary = (
-            spec.primary_score.metric if spec.primary_score else ev.default_primary(results, names)
-        )
-        if primary is not None:
-            self.status.primary_score = {"metric": primary, "value": metrics.get(primary)}
+        definition = primary_definition(spec, self.events.callbacks) if self.events else None
+        self.status.primary_score = primary_score(metrics, definition)
         return job_results(
             spec,
             metrics,
+            self.status.primary_score,
             ev.examples_evaluated(results),
             time.monotonic() - start,
             {
