@@ -85,19 +85,23 @@ class Events:
 
 
 def primary_definition(spec: JobSpec, callbacks: DefaultCallbacks) -> PrimaryDefinition | None:
-    """The benchmark's primary metric as EvalHub's server picks it (computeBenchmarkTestResult):
-    the spec's `primary_score`, else the job's benchmark entry (`primary_score`,
-    `pass_criteria`), else the provider's entry for that benchmark; read from the server through
-    the callback URL with the SDK's client (its TLS and token). None: none defined or the server
-    cannot be read; the caller falls back to the first metric."""
-    if spec.primary_score is not None and spec.primary_score.metric:
-        ps = spec.primary_score
-        return PrimaryDefinition(
-            metric=ps.metric, lower_is_better=ps.lower_is_better, source="job spec"
+    """The benchmark's primary metric and threshold as EvalHub's server picks them
+    (computeBenchmarkTestResult): the job's benchmark entry (`primary_score`, `pass_criteria`),
+    else the provider's entry for the benchmark, read from the server through the callback URL
+    with the SDK's client (its TLS and token); else the spec's `primary_score` (1.0.x writes the
+    provider's there, without the threshold); else None (the caller takes the first metric)."""
+    from_spec = (
+        PrimaryDefinition(
+            metric=spec.primary_score.metric,
+            lower_is_better=spec.primary_score.lower_is_better,
+            source="job spec",
         )
+        if spec.primary_score is not None and spec.primary_score.metric
+        else None
+    )
     http = getattr(callbacks, "_http_client", None)
     if not spec.callback_url or http is None:
-        return None
+        return from_spec
     base = f"{spec.callback_url.rstrip('/')}/api/v1/evaluations"
 
     def get(path: str) -> dict[str, Any]:
@@ -122,9 +126,9 @@ def primary_definition(spec: JobSpec, callbacks: DefaultCallbacks) -> PrimaryDef
                 threshold = (entry.get("pass_criteria") or {}).get("threshold")
     except Exception as e:  # a lost lookup never fails the job
         log.info("primary metric: EvalHub's definitions not readable (%s)", e)
-        return None
+        return from_spec
     if not primary.get("metric"):
-        return None
+        return from_spec
     return PrimaryDefinition(
         metric=primary["metric"],
         lower_is_better=bool(primary.get("lower_is_better", False)),
