@@ -25,11 +25,37 @@ BENCHMARKS = [
     {"id": "gsm8k", "name": "gsm8k", "category": "math", "metrics": ["exact_match"],
      "primary_score": {"metric": "exact_match", "lower_is_better": False},
      "pass_criteria": {"threshold": 0.5}},
+    # groups over two staged tasks (GROUPS below, passed as parameters.include_path)
+    {"id": "tiny_suite_mean", "name": "tiny_suite_mean", "category": "reasoning",
+     "metrics": ["acc"], "primary_score": {"metric": "acc"}, "pass_criteria": {"threshold": 0.9}},
+    {"id": "tiny_suite_plain", "name": "tiny_suite_plain", "category": "reasoning",
+     "metrics": ["acc"], "primary_score": {"metric": "acc"}, "pass_criteria": {"threshold": 0.1}},
     # not staged in the tiny test data: the missing-bundle case
     {"id": "arc_challenge", "name": "arc_challenge", "category": "reasoning",
      "metrics": ["acc", "acc_norm"], "primary_score": {"metric": "acc_norm"},
      "pass_criteria": {"threshold": 0.25}},
 ]  # fmt: skip
+
+# An lm_eval group with its own aggregate (as mmlu, blimp) and one without (EvalHub's adapter
+# then averages the subtasks itself).
+GROUPS = {
+    "tiny_suite_mean.yaml": """\
+group: tiny_suite_mean
+task: [arc_easy, blimp_adjunct_island]
+aggregate_metric_list:
+  - metric: acc
+    aggregation: mean
+    weight_by_size: false
+metadata:
+  version: 1.0
+""",
+    "tiny_suite_plain.yaml": """\
+group: tiny_suite_plain
+task: [arc_easy, blimp_adjunct_island]
+metadata:
+  version: 1.0
+""",
+}
 
 # EvalHub's local runtime runs the command with `sh -c` and EVALHUB_JOB_SPEC_PATH set to
 # /tmp/evalhub-jobs/<job>/<index>/<provider>/<benchmark>/meta/job.json.
@@ -66,8 +92,8 @@ def provider(pid: str, script: Path, env: dict[str, str]) -> dict[str, Any]:
 class Hub:
     """A started server plus what the tests need to find a job's files."""
 
-    def __init__(self, server: EvalHubServer, results_uri: str) -> None:
-        self.server, self.results_uri = server, results_uri
+    def __init__(self, server: EvalHubServer, results_uri: str, groups_dir: Path) -> None:
+        self.server, self.results_uri, self.groups_dir = server, results_uri, groups_dir
         self.jobs: list[str] = []
 
     def submit(self, benchmarks: list[dict[str, Any]], model_url: str, **extra: Any) -> str:
@@ -99,12 +125,15 @@ def hub(
     scripts = {"adapter.sh": ADAPTER, "with-sidecar.sh": WITH_SIDECAR}
     for name, text in scripts.items():
         (root / name).write_text(text)
+    (root / "groups").mkdir()
+    for name, text in GROUPS.items():
+        (root / "groups" / name).write_text(text)
     providers = [
         provider("airgap_eval", root / "adapter.sh", env),
         provider("airgap_eval_sidecar", root / "with-sidecar.sh", sidecar_env),
     ]
     with EvalHubServer(version, root, providers) as server:
-        h = Hub(server, results_uri)
+        h = Hub(server, results_uri, root / "groups")
         yield h
     for job_id in h.jobs:
         shutil.rmtree(jobs_dir(job_id), ignore_errors=True)

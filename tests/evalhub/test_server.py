@@ -80,6 +80,32 @@ def test_completed_job_shows_metrics_pass_fail_and_job_score(
     print(f"eval-hub {hub.server.version} completed job view:\n{json.dumps(view, indent=1)}")
 
 
+def test_groups_show_their_aggregate_or_the_mean_of_their_subtasks(
+    hub: Hub, vllm_server: VLLMServer
+) -> None:
+    params = {"num_examples": 4, "include_path": [str(hub.groups_dir)]}
+    names = ("tiny_suite_mean", "tiny_suite_plain")
+    job_id = hub.submit(
+        [{"id": n, "provider_id": "airgap_eval", "parameters": params} for n in names],
+        vllm_server.base_url,
+    )
+    view = hub.server.wait(job_id, JOB_TIMEOUT_S)
+    dirs = [hub.bench_dir(job_id, i, "airgap_eval", n) for i, n in enumerate(names)]
+    assert view["status"]["state"] == "completed", explain(hub, view, dirs)
+
+    agg, plain = benchmark(view, names[0]), benchmark(view, names[1])
+    # a group with an aggregate: lm_eval's aggregate, subtasks not shown
+    lm_eval = read_results(dirs[0] / "results")["results"]
+    assert agg["metrics"]["acc"] == pytest.approx(lm_eval["tiny_suite_mean"]["acc,none"])
+    assert set(agg["metrics"]) == {"acc", "acc_stderr"}
+    # without one: the plain mean over the subtasks of each metric (acc_norm: arc_easy alone)
+    lm_eval = read_results(dirs[1] / "results")["results"]
+    arc, blimp = lm_eval["arc_easy"], lm_eval["blimp_adjunct_island"]
+    assert plain["metrics"]["acc"] == pytest.approx((arc["acc,none"] + blimp["acc,none"]) / 2)
+    assert plain["metrics"]["acc_norm"] == pytest.approx(arc["acc_norm,none"])
+    assert plain["test"]["primary_score"] == pytest.approx(plain["metrics"]["acc"])
+
+
 def test_missing_bundle_shows_failed_naming_the_bundle_dir(
     hub: Hub, vllm_server: VLLMServer
 ) -> None:
