@@ -5,7 +5,7 @@ VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-vllm demo test lint pytest bench
+.PHONY: setup setup-vllm setup-evalhub demo test lint pytest bench
 
 # pip's own output stays on (no -q): a first install is minutes, and it shows what it is doing.
 $(BIN)/airgap-eval: pyproject.toml
@@ -34,6 +34,15 @@ $(VLLM_VENV)/.installed:
 
 setup-vllm: $(VLLM_VENV)/.installed
 
+# EvalHub's real server (a Go binary in a wheel) for tests/evalhub: the version EvalHub's lm_eval
+# adapter pins and the current 1.0.x. One --target dir each: the two wheels cannot share a venv.
+EVALHUB_VERSIONS ?= 0.4.2 1.0.2
+EVALHUB_DIR ?= .evalhub
+$(EVALHUB_DIR)/%/bin/eval-hub: | $(BIN)/airgap-eval
+	$(BIN)/pip install -q --no-deps --target $(EVALHUB_DIR)/$* eval-hub-server==$*
+
+setup-evalhub: $(foreach v,$(EVALHUB_VERSIONS),$(EVALHUB_DIR)/$(v)/bin/eval-hub)
+
 demo: setup setup-vllm
 	$(BIN)/airgap-eval demo
 
@@ -43,7 +52,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 # The venv's bin first on PATH, as after `activate`: tests start `weed`, `aws`, `airgap-eval`.
-pytest: setup setup-vllm
+pytest: setup setup-vllm setup-evalhub
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test: lint pytest

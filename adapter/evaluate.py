@@ -218,32 +218,6 @@ def save(
     return written
 
 
-_NOT_METRICS = ("alias", "sample_len", "sample_count")
-
-
-def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """{"arc_easy.acc": 0.71, "gsm8k.exact_match.strict-match": 0.4, ...} (no stderrs)."""
-    out: dict[str, float] = {}
-    for section in ("results", "groups"):
-        for task, values in (results.get(section) or {}).items():
-            for key, value in values.items():
-                if key in _NOT_METRICS or "_stderr" in key or not isinstance(value, int | float):
-                    continue
-                metric, _, filt = key.partition(",")
-                name = f"{task}.{metric}" + (f".{filt}" if filt and filt != "none" else "")
-                out.setdefault(name, float(value))
-    return out
-
-
-def default_primary(results: dict[str, Any], names: list[str]) -> str | None:
-    metrics = flat_metrics(results)
-    for name in names:
-        for key in metrics:
-            if key.startswith(f"{name}."):
-                return key
-    return next(iter(metrics), None)
-
-
 def examples_evaluated(results: dict[str, Any]) -> int:
     n = results.get("n-samples") or {}
     return sum(int(v.get("effective", 0)) for v in n.values() if isinstance(v, dict))

@@ -10,7 +10,7 @@ The SDK logs and swallows delivery failures: a lost event never fails the job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from evalhub.adapter import (
@@ -25,8 +25,8 @@ from evalhub.adapter import (
     JobStatusUpdate,
     MessageInfo,
 )
-from evalhub.models.api import EvaluationResult
 
+from common.evalhub_metrics import PrimaryDefinition, evaluation_results, overall_score
 from common.status import StatusRecord
 
 log = logging.getLogger(__name__)
@@ -84,19 +84,84 @@ class Events:
             )
 
 
+def primary_definition(spec: JobSpec, callbacks: DefaultCallbacks) -> PrimaryDefinition | None:
+    """The benchmark's primary metric and threshold as EvalHub's server picks them
+    (computeBenchmarkTestResult): the job's benchmark entry (`primary_score`, `pass_criteria`),
+    else the provider's entry for the benchmark, read from the server through the callback URL
+    with the SDK's client (its TLS and token); else the spec's `primary_score` (1.0.x writes the
+    provider's there, without the threshold); else None (the caller takes the first metric)."""
+    from_spec = (
+        PrimaryDefinition(
+            metric=spec.primary_score.metric,
+            lower_is_better=spec.primary_score.lower_is_better,
+            source="job spec",
+        )
+        if spec.primary_score is not None and spec.primary_score.metric
+        else None
+    )
+    http = getattr(callbacks, "_http_client", None)
+    if not spec.callback_url or http is None:
+        return from_spec
+    base = f"{spec.callback_url.rstrip('/')}/api/v1/evaluations"
+
+    def get(path: str) -> dict[str, Any]:
+        headers = callbacks._request_headers()  # the SDK's bearer token and tenant
+        response = http.get(f"{base}/{path}", headers=headers, timeout=10.0)
+        response.raise_for_status()
+        return dict(response.json())
+
+    try:
+        job = get(f"jobs/{spec.id}")
+        benchmarks = job.get("benchmarks") or []
+        if not benchmarks and (job.get("collection") or {}).get("id"):
+            benchmarks = get(f"collections/{job['collection']['id']}").get("benchmarks") or []
+        bench = _entry(benchmarks, spec.benchmark_id, spec.provider_id)
+        primary, source = (bench.get("primary_score") or {}), "evalhub job"
+        threshold = (bench.get("pass_criteria") or {}).get("threshold")
+        if not primary.get("metric") and spec.provider_id:
+            provider = get(f"providers/{spec.provider_id}")
+            entry = _entry(provider.get("benchmarks") or [], spec.benchmark_id, None)
+            primary, source = (entry.get("primary_score") or {}), "evalhub provider"
+            if threshold is None:
+                threshold = (entry.get("pass_criteria") or {}).get("threshold")
+    except Exception as e:  # a lost lookup never fails the job
+        log.info("primary metric: EvalHub's definitions not readable (%s)", e)
+        return from_spec
+    if not primary.get("metric"):
+        return from_spec
+    return PrimaryDefinition(
+        metric=primary["metric"],
+        lower_is_better=bool(primary.get("lower_is_better", False)),
+        threshold=threshold,
+        source=source,
+    )
+
+
+def _entry(benchmarks: list[Any], bench_id: str, provider_id: str | None) -> dict[str, Any]:
+    for b in benchmarks:
+        if b.get("id") == bench_id and provider_id in (None, b.get("provider_id")):
+            return dict(b)
+    return {}
+
+
 def job_results(
-    spec: JobSpec, metrics: dict[str, Any], num_examples: int, seconds: float, extra: dict[str, Any]
+    spec: JobSpec,
+    metrics: Mapping[str, Any],
+    primary: Mapping[str, Any] | None,
+    num_examples: int,
+    seconds: float,
+    extra: dict[str, Any],
 ) -> JobResults:
+    """What EvalHub receives on completion (adapter and sidecar alike): the metrics under
+    EvalHub's names (common.evalhub_metrics) and the primary metric's value as overall_score,
+    as EvalHub's adapter sends it."""
     return JobResults(
         id=spec.id,
         benchmark_id=spec.benchmark_id,
         benchmark_index=spec.benchmark_index,
         model_name=spec.model.name,
-        results=[
-            EvaluationResult(metric_name=k, metric_value=v)
-            for k, v in metrics.items()
-            if isinstance(v, int | float | str | bool)
-        ],
+        results=evaluation_results(metrics),
+        overall_score=overall_score(primary),
         num_examples_evaluated=num_examples,
         duration_seconds=seconds,
         evaluation_metadata=extra,

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from adapter import egress, offline, preflight, taskindex, taskplan
 from adapter.config import RunConfig, Settings, prepare_job, read_job
 from adapter.datacheck import TreeCheck, stage_command
-from adapter.events import Events, SdkAdapter, job_results
+from adapter.events import Events, SdkAdapter, job_results, primary_definition
 from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
 from common.errors import MissingDataError
+from common.evalhub_metrics import evalhub_metrics, primary_score
 from common.logs import register_secret
 
 if TYPE_CHECKING:
@@ -255,18 +256,15 @@ class Run:
         files = ev.save(results, self.tracker, cfg.settings.output_dir, settings,
                         cfg.params.log_samples)
         redact_files(files)
-        metrics = ev.flat_metrics(results)
-        self.status.metrics = metrics
         spec = cfg.spec
-        primary = (
-            spec.primary_score.metric if spec.primary_score
-            else ev.default_primary(results, list(cfg.tasks))
-        )
-        if primary is not None:
-            self.status.primary_score = {"metric": primary, "value": metrics.get(primary)}
+        metrics = evalhub_metrics(results, spec.benchmark_id, list(cfg.tasks))
+        self.status.metrics = metrics
+        definition = primary_definition(spec, self.events.callbacks) if self.events else None
+        self.status.primary_score = primary_score(metrics, definition)
         return job_results(
             spec,
             metrics,
+            self.status.primary_score,
             ev.examples_evaluated(results),
             seconds,
             {

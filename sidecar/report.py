@@ -10,7 +10,6 @@ the wire format stays the SDK's.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +19,9 @@ import httpx
 from evalhub.adapter import DefaultCallbacks, JobResults, JobSpec, JobStatusUpdate
 from evalhub.adapter.models import EnvironmentCardMetadata, MessageInfo
 from evalhub.adapter.settings import AdapterSettings
-from evalhub.models.api import EvaluationResult, JobPhase, JobStatus, MessageOrigin
+from evalhub.models.api import JobPhase, JobStatus, MessageOrigin
 
+from common.evalhub_metrics import evaluation_results, overall_score
 from common.status import StatusRecord
 
 log = logging.getLogger("airgap-eval.report")
@@ -40,21 +40,6 @@ class _RecordingCallbacks(DefaultCallbacks):
 
     def _record(self, response: httpx.Response) -> None:
         self.last_status = response.status_code
-
-
-def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | int | str | bool]:
-    """status.json metrics -> EvalHub's flat name -> value map (`task/metric` for nested
-    dicts); non-finite numbers and nulls dropped: they are not JSON."""
-    out: dict[str, float | int | str | bool] = {}
-    for name, value in metrics.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            out |= flat_metrics(value, f"{key}/")
-        elif isinstance(value, bool | int | str) or (
-            isinstance(value, float) and math.isfinite(value)
-        ):
-            out[key] = value
-    return out
 
 
 class Reporter:
@@ -115,16 +100,15 @@ class Reporter:
     def completed(
         self, status: StatusRecord, results_uri: str, deadline: Callable[[], float]
     ) -> None:
-        metrics = flat_metrics(status.metrics)
-        score = (status.primary_score or {}).get("value")
         examples = status.progress.get("num_examples_evaluated")
         results = JobResults(
             id=self.spec.id,
             benchmark_id=self.spec.benchmark_id,
             benchmark_index=self.spec.benchmark_index,
             model_name=self.spec.model.name,
-            results=[EvaluationResult(metric_name=k, metric_value=v) for k, v in metrics.items()],
-            overall_score=float(score) if isinstance(score, int | float) else None,
+            # status.json's metrics are already EvalHub's names (common.evalhub_metrics).
+            results=evaluation_results(status.metrics),
+            overall_score=overall_score(status.primary_score),
             num_examples_evaluated=examples if isinstance(examples, int) else 0,
             duration_seconds=status.seconds or 0.0,
             evaluation_metadata={"artifacts": {"results_s3_uri": results_uri}},

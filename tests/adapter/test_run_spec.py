@@ -26,7 +26,7 @@ EVALHUB_SPEC = {
     "model": {"url": "http://vllm:8000", "name": "granite"},
     "num_examples": 50,
     "callback_url": "http://localhost:8080",
-    "primary_score": {"metric": "arc_easy.acc"},
+    "primary_score": {"metric": "acc_norm"},
     "parameters": {
         "num_few_shot": 5,
         "random_seed": 42,

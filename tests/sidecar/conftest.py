@@ -66,8 +66,8 @@ class FakeAdapter:
         self.status(
             "completed" if code == 0 else "failed",
             phase="post_processing",
-            metrics={BENCH: {"acc,none": 0.5, "acc_stderr,none": 0.01}},
-            primary_score={"metric": "acc,none", "value": 0.5},
+            metrics={"acc": 0.5, "acc_stderr": 0.01},  # EvalHub's names (common.evalhub_metrics)
+            primary_score={"metric": "acc", "value": 0.5},
             progress={"num_examples_evaluated": 10},
         )
         (self.root / "done").write_text(f"{code}\n")
@@ -135,7 +135,7 @@ def write_spec(path: Path, callback_url: str, **model: Any) -> Path:
         "model": {"url": "http://127.0.0.1:1/v1", "name": "tiny", **model},
         "parameters": {},
         "callback_url": callback_url,
-        "primary_score": {"metric": "acc,none"},
+        "primary_score": {"metric": "acc"},
     }
     path.write_text(json.dumps(spec))
     return path

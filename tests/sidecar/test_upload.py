@@ -99,7 +99,7 @@ def test_success_uploads_everything_verified_and_reports_once(
     assert receiver.statuses() == ["running", "completed"]
     assert receiver.events[0]["benchmark_status_event"]["phase"] == "persisting_artifacts"
     done = receiver.events[1]["benchmark_status_event"]
-    assert done["metrics"] == {f"{BENCH}/acc,none": 0.5, f"{BENCH}/acc_stderr,none": 0.01}
+    assert done["metrics"] == {"acc": 0.5, "acc_stderr": 0.01}
     assert done["overall_score"] == 0.5
     assert done["artifacts"]["results_s3_uri"] == f"s3://{bucket}/{PREFIX}"
     summary = json.loads((tmp_path / "termination-log").read_text())
