@@ -5,7 +5,7 @@ VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-vllm demo test lint pytest
+.PHONY: setup setup-vllm images demo test lint pytest
 
 $(BIN)/airgap-eval: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,18 @@ setup-vllm: $(VLLM_VENV)/.installed
 demo: setup setup-vllm
 	$(BIN)/airgap-eval demo
 
+# The three images, with podman (no Docker engine needed): the local base and podman's layer
+# cache live in /var/cache/airgap-eval/podman, so a rebuild with nothing changed takes seconds.
+images:
+	deploy/podman/setup.sh
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 # The venv's bin first on PATH, as after `activate`: tests start `weed`, `aws`, `airgap-eval`.
-pytest: setup setup-vllm
+pytest: setup setup-vllm images
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test: lint pytest
