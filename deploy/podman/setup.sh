@@ -106,7 +106,8 @@ build() {  # build TARGET IMAGE
         --build-arg "PYTHON_IMAGE=$BASE" $(pip_args) \
         --build-arg "VERSION=$VERSION" \
         --build-arg "REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-        -t "localhost/$2:$VERSION" . >/dev/null
+        -t "localhost/$2:$VERSION" . >"$DIR/build-$1.log" 2>&1 \
+        || { tail -40 "$DIR/build-$1.log" >&2; echo "build of $1 failed: $DIR/build-$1.log" >&2; exit 1; }
     echo "$2:$VERSION: $(($(date +%s) - start)) s"
 }
 
