@@ -1,5 +1,7 @@
 """Shared fixtures: a real S3 server (SeaweedFS) for the session, a fresh bucket per test,
-and the real benchmark rows in ../shared/benchmarks when present."""
+the real benchmark rows in ../shared/benchmarks when present, and for the e2e and pod tests
+the tiny assets (built once) and one vLLM CPU server serving the tiny model (started once;
+never two at a time on a small machine)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
 from testbed.localservers import SeaweedS3
+from testbed.modelserver import VLLMServer, vllm_python
+from testbed.tiny import TinyAssets, build_all, read_only
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
@@ -43,3 +48,25 @@ def shared_benchmarks() -> Path:
     if not (SHARED_BENCHMARKS / "raw" / "SOURCES.json").is_file():
         pytest.skip(f"real benchmark rows not found at {SHARED_BENCHMARKS}")
     return SHARED_BENCHMARKS
+
+
+@pytest.fixture(scope="session")
+def vllm_ready() -> None:
+    try:
+        vllm_python()
+    except ConfigError as e:
+        pytest.skip(e.one_line())
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(vllm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
+    assets = build_all(tmp_path_factory.mktemp("tiny"))
+    read_only(assets.test_data)
+    return assets
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_assets: TinyAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    with VLLMServer(tiny_assets.model, log_path=log) as server:
+        yield server
