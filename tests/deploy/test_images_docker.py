@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from common.s3 import client
 from common.s3settings import S3Connection
+from testbed.localservers import wait_until_serving
 from testbed.modelserver import VLLMServer
 from testbed.tiny import TinyAssets
 from tests.deploy.dockerfile import REPO
@@ -70,23 +70,10 @@ def s3_container(
             endpoint=f"http://{host}:{port}",
             access_key="airgap-test-key",
             secret_key="airgap-test-secret",
+            read_timeout=5.0,
         )
-        _wait_for_s3(conn)
+        wait_until_serving(conn, 60)
         yield container, conn
-
-
-def _wait_for_s3(conn: S3Connection) -> None:
-    """Ready when a real call succeeds (the port opens before the filer answers)."""
-    s3 = client(conn)
-    end = time.monotonic() + 60
-    while True:
-        try:
-            s3.list_buckets()
-            return
-        except Exception:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.2)
 
 
 def _run(docker_client: Any, image: str, s3: Any, **kwargs: Any) -> tuple[int, str]:
