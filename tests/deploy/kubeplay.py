@@ -117,10 +117,13 @@ def write_secret_dirs(root: Path, values: dict[str, dict[str, str]]) -> dict[str
     pod's fsGroup as the kubelet mounts them. podman ignores fsGroup (no supplementary group),
     so the pod's runAsUser owns them: readable by the pod's user and no one else either way.
     A Secret not in `values` (the optional model auth) is an empty dir."""
-    context = _one("Job")["spec"]["template"]["spec"]["securityContext"]
     spec = _one("Job")["spec"]["template"]["spec"]
-    owner, group = context["runAsUser"], context["fsGroup"]
-    modes = {v["secret"]["secretName"]: v["secret"].get("defaultMode", 0o644) for v in spec["volumes"] if "secret" in v}
+    owner, group = spec["securityContext"]["runAsUser"], spec["securityContext"]["fsGroup"]
+    modes = {
+        v["secret"]["secretName"]: v["secret"].get("defaultMode", 0o644)
+        for v in spec["volumes"]
+        if "secret" in v
+    }
     dirs = {}
     for name, keys in secret_keys().items():
         d = root / name

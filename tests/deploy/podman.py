@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import tomllib
@@ -47,8 +48,6 @@ def env() -> dict[str, str]:
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    import os
-
     proc = subprocess.run(
         ["podman", *args],
         env=os.environ | env(),

@@ -29,9 +29,6 @@ from tests.deploy.podman import IMAGES, VERSION, build_images, inspect, podman
 
 pytestmark = [pytest.mark.podman, pytest.mark.e2e, pytest.mark.timeout(3600)]
 
-POD = kubeplay.pod_from_job  # the one place the Pod is made
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     """Its own server: a secret key no other test uses, to look for in the logs."""
@@ -51,17 +48,16 @@ class Play:
         self.where = kubeplay.places()
         configmap = kubeplay.job_spec_configmap(model_url)
         self.job_spec = json.loads(configmap["data"]["job.json"])
-        creds = {
-            "AWS_ACCESS_KEY_ID": s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_S3_ENDPOINT": s3.endpoint,
+        # The S3 Secrets get this server's keys and endpoint; the optional model-auth Secret is
+        # left out (an open endpoint), as the manifest allows.
+        values = {
+            name: s3.env()
+            for name, keys in kubeplay.secret_keys().items()
+            if "AWS_SECRET_ACCESS_KEY" in keys
         }
-        secret_names = [v["secret"]["secretName"] for v in self.spec["volumes"] if "secret" in v]
-        values = {n: creds for n in secret_names if "s3" in n}  # model auth: optional, absent
         dirs = kubeplay.write_secret_dirs(tmp / "secrets", values)
         images = {f"{repo}:{VERSION}": f"localhost/{repo}:{VERSION}" for repo in IMAGES.values()}
-        self.pod_yaml = kubeplay.dump(tmp / "pod.yaml", POD(images, dirs))
+        self.pod_yaml = kubeplay.dump(tmp / "pod.yaml", kubeplay.pod_from_job(images, dirs))
         self.configmap_yaml = kubeplay.dump(tmp / "configmap.yaml", configmap)
         # emptyDirs and ConfigMaps become named volumes that outlive the pod: a stale
         # /test_data would pre-fill the next sync, a stale job.json replace the new one.
@@ -185,6 +181,12 @@ def test_the_shipped_pod_syncs_runs_and_uploads(
     assert play.exit_code("sync", 60) == 0, play.logs()["sync"]
     assert play.exit_code("adapter", 900) == 0, play.logs()["adapter"]
     assert play.kubelet_stops_the_sidecar() == 0, play.logs()["results-sidecar"]
+    # Played as shipped: the pod's user, a read-only root, /test_data read-only for the adapter.
+    adapter = inspect(play.container("adapter"), "container")
+    assert adapter["Config"]["User"].split(":")[0] == "1001"
+    assert adapter["HostConfig"]["ReadonlyRootfs"] is True
+    mounts = {m["Destination"]: m for m in adapter["Mounts"]}
+    assert mounts["/test_data"]["RW"] is False and mounts["/results"]["RW"] is True
 
     objects = play.uploaded()
     status = json.loads(objects["status.json"])
