@@ -128,3 +128,6 @@ make_base
 build initcontainer airgap-eval-init
 build sidecar airgap-eval-sidecar
 build adapter airgap-eval-adapter
+# Build-cache entries a week old and used by no image (older Dockerfiles, locks, sources) go,
+# so the cache does not grow with every change; one still current is rebuilt once a week.
+podman image prune --force --filter until=168h >/dev/null

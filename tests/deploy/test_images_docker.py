@@ -92,7 +92,7 @@ def _run(docker_client: Any, image: str, s3: Any, **kwargs: Any) -> tuple[int, s
         code = container.wait(timeout=600)["StatusCode"]
         return code, container.logs().decode(errors="replace")
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # and its anonymous volumes
 
 
 def test_sync_run_upload_via_docker_py_against_an_s3_container(

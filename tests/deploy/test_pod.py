@@ -69,6 +69,10 @@ class Play:
         return f"{self.name}-{name}"
 
     def clean(self) -> None:
+        # --volumes: the images' VOLUME dirs that the pod does not mount are anonymous
+        # volumes, which `pod rm` would leave in the cached storage.
+        names = [self.container(n) for n in kubeplay.containers(self.spec)]
+        podman("rm", "--force", "--ignore", "--volumes", *names)
         podman("pod", "rm", "--force", "--ignore", self.name)
         podman("volume", "rm", "--force", *self.volumes, check=False)
 
