@@ -14,6 +14,9 @@
 
 # A patch release pinned; for byte-for-byte rebuilds append its digest (@sha256:...).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# The package index, for builds behind a mirror: build time only, in the stages that run pip
+# (each declares it: a stage does not inherit its parent's ARGs). Empty means PyPI.
+ARG PIP_INDEX_URL
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base
@@ -40,33 +43,55 @@ WORKDIR /home/airgap
 # ---------------------------------------------------------------------------------------------
 # Build stages: a venv per flavour, copied whole into the runtime images (no build tools and no
 # source tree left behind in them; pip itself is removed from each venv once it is done).
-FROM base AS source
+# Each venv gets its locked dependencies first and our source last: a change to the source
+# reuses the dependency layer (nothing is downloaded again).
+FROM base AS locks
+COPY deploy/docker/*.lock /src/deploy/docker/
+
+FROM locks AS source
 COPY pyproject.toml README.md /src/
 COPY airgap_eval /src/airgap_eval
 COPY common /src/common
 COPY initcontainer /src/initcontainer
 COPY adapter /src/adapter
 COPY sidecar /src/sidecar
-COPY deploy/docker/*.lock /src/deploy/docker/
+# stage/verify ride in every image (stage with the adapter image to get exactly its library
+# versions); the run path never imports them (import-linter).
+COPY staging /src/staging
 
-FROM source AS venv-init
-RUN python -m venv "$VIRTUAL_ENV" \
-    && pip install -c /src/deploy/docker/init.lock /src dumb-init \
+FROM locks AS deps-init
+ARG PIP_INDEX_URL
+RUN python -m venv "$VIRTUAL_ENV" && pip install -r /src/deploy/docker/init.lock
+
+FROM locks AS deps-sidecar
+ARG PIP_INDEX_URL
+RUN python -m venv "$VIRTUAL_ENV" && pip install -r /src/deploy/docker/sidecar.lock
+
+FROM locks AS deps-adapter
+ARG PIP_INDEX_URL
+RUN python -m venv "$VIRTUAL_ENV" && pip install -r /src/deploy/docker/adapter.lock
+
+FROM deps-init AS venv-init
+ARG PIP_INDEX_URL
+COPY --from=source /src /src
+RUN pip install --no-deps /src \
     && pip check \
     && pip uninstall --yes pip
 
-FROM source AS venv-sidecar
-RUN python -m venv "$VIRTUAL_ENV" \
-    && pip install -c /src/deploy/docker/sidecar.lock "/src[sidecar]" dumb-init \
+FROM deps-sidecar AS venv-sidecar
+ARG PIP_INDEX_URL
+COPY --from=source /src /src
+RUN pip install --no-deps "/src[sidecar]" \
     && pip check \
     && pip uninstall --yes pip
 
-FROM source AS venv-adapter
+FROM deps-adapter AS venv-adapter
+ARG PIP_INDEX_URL
+COPY --from=source /src /src
 # The task index lives in the venv (read-only at run time) and names config paths inside it.
 # The scientific libraries' own test suites (~110 MB of 1 GB) are never imported: dropped.
 ENV AIRGAP_EVAL_TASK_INDEX=/opt/airgap-eval/share/airgap-eval/task-index.json
-RUN python -m venv "$VIRTUAL_ENV" \
-    && pip install -c /src/deploy/docker/adapter.lock "/src[adapter]" dumb-init \
+RUN pip install --no-deps "/src[adapter]" \
     && pip check \
     && airgap-eval run --build-task-index \
     && site="$VIRTUAL_ENV/lib/python3.11/site-packages" \

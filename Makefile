@@ -5,7 +5,7 @@ VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-vllm setup-evalhub demo test lint pytest bench
+.PHONY: setup setup-vllm setup-evalhub images demo test lint pytest bench
 
 # pip's own output stays on (no -q): a first install is minutes, and it shows what it is doing.
 $(BIN)/airgap-eval: pyproject.toml
@@ -46,13 +46,18 @@ setup-evalhub: $(foreach v,$(EVALHUB_VERSIONS),$(EVALHUB_DIR)/$(v)/bin/eval-hub)
 demo: setup setup-vllm
 	$(BIN)/airgap-eval demo
 
+# The three images, with podman (no Docker engine needed): the local base and podman's layer
+# cache live in /var/cache/airgap-eval/podman, so a rebuild with nothing changed takes seconds.
+images:
+	deploy/podman/setup.sh
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 # The venv's bin first on PATH, as after `activate`: tests start `weed`, `aws`, `airgap-eval`.
-pytest: setup setup-vllm setup-evalhub
+pytest: setup setup-vllm setup-evalhub images
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test: lint pytest

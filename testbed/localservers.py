@@ -50,6 +50,22 @@ def wait_for_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {deadline_s}s")
 
 
+def wait_until_serving(conn: S3Connection, ready_s: float) -> None:
+    """SeaweedFS opens its S3 port before the filer answers: poll a real call."""
+    from common.s3 import client
+
+    s3 = client(conn)
+    end = time.monotonic() + ready_s
+    while True:
+        try:
+            s3.list_buckets()
+            return
+        except Exception:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
 @dataclass
 class SeaweedS3:
     """`weed mini` on 127.0.0.1 with every port free-picked (several can run at once)."""
@@ -117,19 +133,7 @@ class SeaweedS3:
         return self
 
     def _wait_ready(self, ready_s: float) -> None:
-        # The S3 port opens before the filer answers: poll a real call.
-        from common.s3 import client
-
-        s3 = client(self.connection(read_timeout=5.0))
-        end = time.monotonic() + ready_s
-        while True:
-            try:
-                s3.list_buckets()
-                return
-            except Exception:
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.1)
+        wait_until_serving(self.connection(read_timeout=5.0), ready_s)
 
     def create_bucket(self, name: str) -> None:
         from common.s3 import client

@@ -1,6 +1,7 @@
 """Shared fixtures: a real S3 server (SeaweedFS) for the session, a fresh bucket per test,
-the real benchmark rows in ../shared/benchmarks when present, the tiny assets and one vLLM CPU
-server serving the tiny model (started once; never two at a time on a small machine)."""
+the real benchmark rows in ../shared/benchmarks when present, and for the e2e and pod tests
+the tiny assets (built once) and one vLLM CPU server serving the tiny model (started once;
+never two at a time on a small machine)."""
 
 from __future__ import annotations
 

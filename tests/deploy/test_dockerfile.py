@@ -185,3 +185,14 @@ def test_build_context_holds_what_the_build_copies_and_nothing_else() -> None:
         ".demo/s3.json",
     ):
         assert ignored(rel), f"{rel} would be sent to the Docker daemon"
+
+
+def test_every_pip_stage_takes_the_package_index_without_a_default() -> None:
+    """A mirror reaches each pip run as a build arg (a stage does not inherit its parent's
+    ARGs, so each declares it), and nothing of a build machine is baked in as a default."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG PIP_INDEX_URL$", text, re.M), "a global ARG PIP_INDEX_URL, no default"
+    for name, stage in stages().items():
+        if any("pip install" in run for run in stage.all("RUN")):
+            assert "PIP_INDEX_URL" in stage.all("ARG"), f"stage {name} runs pip without the ARG"
+    assert not re.search(r"PIP_INDEX_URL=", text), "no index URL baked into the Dockerfile"
