@@ -183,7 +183,9 @@ class Run:
             max_length=ev.resolve_max_length(
                 params.max_length, endpoint.max_model_len, params.model_type
             ),
-            num_concurrent=min(params.num_concurrent, MAX_CONCURRENT),
+            num_concurrent=params.num_concurrent and min(params.num_concurrent, MAX_CONCURRENT),
+            max_concurrent=min(params.max_concurrent or cfg.max_concurrent or MAX_CONCURRENT,
+                               MAX_CONCURRENT),
             max_retries=params.max_retries,
             timeout=params.timeout,
             batch_size=params.batch_size,

@@ -31,6 +31,7 @@ class RunConfig:
     wait_uploaded_s: float
     heartbeat_s: float
     verbose: bool
+    max_concurrent: int | None = None  # env; the spec's parameters.max_concurrent wins
 
     def request_cache_dir(self, spec_cache_dir: str | None) -> Path:
         if self.cache_dir is not None:
@@ -134,6 +135,10 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
     except ValueError:
         raise ConfigError("AIRGAP_EVAL_WAIT_UPLOADED is not a number", "set seconds, e.g. 60") from None
     cache = _pick(env, args.cache_dir, "AIRGAP_EVAL_CACHE_DIR", None)
+    ceiling = env.get("AIRGAP_EVAL_MAX_CONCURRENT") or None
+    if ceiling is not None and not (ceiling.isdigit() and int(ceiling) >= 1):
+        raise ConfigError(f"AIRGAP_EVAL_MAX_CONCURRENT={ceiling!r} is not a positive integer",
+                          "set the most parallel model requests, e.g. 64")  # fmt: skip
     index = _pick(env, args.task_index, "AIRGAP_EVAL_TASK_INDEX", None)
     return RunConfig(
         job_spec=Path(job_spec) if job_spec else None,
@@ -149,6 +154,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         wait_uploaded_s=wait,
         heartbeat_s=args.heartbeat,
         verbose=args.verbose or bool(os.environ.get("AIRGAP_EVAL_DEBUG")),
+        max_concurrent=int(ceiling) if ceiling else None,
     )
 
 
