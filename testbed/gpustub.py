@@ -11,6 +11,7 @@ prompt logprobs, `max_tokens` 1) and short generations, with:
   compare exactly, whatever the order, concurrency or batching of their requests;
 - optional turn-aways: 429 (or 503) with `Retry-After` while more than `--reject-above`
   requests are in the server (running + queued);
+- optionally one prompt per request only (`--single-prompt`: 400 to a list, as some servers);
 - counters at `GET /stats` (requests, prompts, the most requests in flight at once, turn-aways)
   and `POST /stats/reset`.
 
@@ -70,6 +71,11 @@ def echo_choice(index: int, prompt: list[int]) -> dict[str, Any]:
     }
 
 
+def words(text: str) -> list[int]:
+    """Token ids for a text prompt (a probe's): one per word."""
+    return [zlib.crc32(w.encode()) % VOCAB for w in text.split()]
+
+
 def generation_choice(index: int, prompt: Any) -> dict[str, Any]:
     seed = zlib.crc32(json.dumps(prompt).encode())
     return {"index": index, "text": f" {seed % 97}", "logprobs": None, "finish_reason": "stop"}
@@ -82,6 +88,7 @@ class Config:
     reject_above: int | None = None  # requests in the server (running + queued)
     reject_status: int = 429
     retry_after: float = 0.05
+    single_prompt: bool = False  # answer 400 to a request of several prompts
 
 
 class Slots:
@@ -159,6 +166,8 @@ def make_app(cfg: Config) -> Any:
             # one token-id list, a list of them, a string or a list of strings
             many = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], list | str)
             prompts = prompt if many else [prompt]
+            if cfg.single_prompt and len(prompts) > 1:
+                return web.json_response({"error": {"message": "one prompt per request"}}, status=400)
             k = min(len(prompts), cfg.slots)
             await slots.take(k)
             try:
@@ -169,9 +178,10 @@ def make_app(cfg: Config) -> Any:
             stats.prompts += len(prompts)
             echo = bool(body.get("echo")) and bool(body.get("logprobs"))
             choices = [
-                echo_choice(i, p) if echo and isinstance(p, list) else generation_choice(i, p)
+                echo_choice(i, p if isinstance(p, list) else words(p)) if echo
+                else generation_choice(i, p)
                 for i, p in enumerate(prompts)
-            ]
+            ]  # fmt: skip
             return web.json_response({"id": "cmpl-stub", "object": "text_completion",
                                       "model": MODEL, "choices": choices})  # fmt: skip
         finally:
@@ -216,6 +226,8 @@ class GpuStub:
                "--reject-status", str(cfg.reject_status), "--retry-after", str(cfg.retry_after)]  # fmt: skip
         if cfg.reject_above is not None:
             cmd += ["--reject-above", str(cfg.reject_above)]
+        if cfg.single_prompt:
+            cmd.append("--single-prompt")
         return cmd
 
     def start(self) -> GpuStub:
@@ -258,9 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reject-above", type=int, help="turn requests away above this many in the server")
     ap.add_argument("--reject-status", type=int, default=429, choices=[429, 503])
     ap.add_argument("--retry-after", type=float, default=0.05, help="Retry-After seconds")
+    ap.add_argument("--single-prompt", action="store_true", help="refuse lists of prompts (400)")
     args = ap.parse_args(argv)
     serve(args.port, Config(args.latency, args.slots, args.reject_above, args.reject_status,
-                            args.retry_after))  # fmt: skip
+                            args.retry_after, args.single_prompt))  # fmt: skip
     return 0
 
 
