@@ -32,6 +32,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -120,14 +121,17 @@ class Stats:
 
     def reset(self) -> None:
         self.requests = self.prompts = self.rejected = self.in_flight = self.max_in_flight = 0
+        self.first = self.last = 0.0  # wall clock of the first arrival, the last answer
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return {
             "requests": self.requests,
             "prompts": self.prompts,
             "rejected": self.rejected,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "first": self.first,
+            "last": self.last,
         }
 
 
@@ -150,6 +154,7 @@ def make_app(cfg: Config) -> Any:
 
     async def completions(request: web.Request) -> web.Response:
         stats.in_flight += 1
+        stats.first = stats.first or time.time()
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
             if cfg.reject_above is not None and stats.in_flight > cfg.reject_above:
@@ -186,6 +191,7 @@ def make_app(cfg: Config) -> Any:
                                       "model": MODEL, "choices": choices})  # fmt: skip
         finally:
             stats.in_flight -= 1
+            stats.last = time.time()
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/v1/models", models)
@@ -238,7 +244,7 @@ class GpuStub:
         wait_for_port(self.port, 30.0, self.proc)
         return self
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         with urllib.request.urlopen(f"{self.root_url}/stats", timeout=10) as r:
             return dict(json.loads(r.read()))
 

@@ -43,7 +43,7 @@ def _answers(out_dir: Path) -> dict[str, Any]:
     return got
 
 
-Runner = Callable[..., tuple[RunResult, dict[str, int]]]
+Runner = Callable[..., tuple[RunResult, dict[str, float]]]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def run_against(tiny_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Ru
     root = tmp_path_factory.mktemp("concurrency")
     n = iter(range(100))
 
-    def run(cfg: Config, env: dict[str, str] | None = None, **parameters: Any) -> tuple[RunResult, dict[str, int]]:
+    def run(cfg: Config, env: dict[str, str] | None = None, **parameters: Any) -> tuple[RunResult, dict[str, float]]:
         work = root / str(next(n))
         work.mkdir()
         clean = {k: v for k, v in os.environ.items()
@@ -73,18 +73,18 @@ def run_against(tiny_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Ru
 
 
 @pytest.fixture(scope="module")
-def serial(run_against: Runner) -> tuple[RunResult, dict[str, int]]:
+def serial(run_against: Runner) -> tuple[RunResult, dict[str, float]]:
     return run_against(Config(latency=0.005, slots=64), num_concurrent=1, batch_size=1)
 
 
-def test_explicit_num_concurrent_1_never_has_two_requests_in_flight(serial: tuple[RunResult, dict[str, int]]) -> None:
+def test_explicit_num_concurrent_1_never_has_two_requests_in_flight(serial: tuple[RunResult, dict[str, float]]) -> None:
     res, stats = serial
     assert stats["max_in_flight"] == 1
     assert stats["requests"] == stats["prompts"] > 40  # batch_size 1: one prompt each
     assert res.status.metrics
 
 
-def test_adaptive_default_scores_identically_to_serial(serial: tuple[RunResult, dict[str, int]], run_against: Runner) -> None:
+def test_adaptive_default_scores_identically_to_serial(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
     ref, ref_stats = serial
     res, stats = run_against(Config(latency=0.005, slots=64))  # no num_concurrent, no batch_size
     assert _answers(res.out_dir) == _answers(ref.out_dir)
@@ -94,7 +94,7 @@ def test_adaptive_default_scores_identically_to_serial(serial: tuple[RunResult, 
     assert stats["max_in_flight"] > 1
 
 
-def test_ceiling_from_env_and_spec_is_respected(serial: tuple[RunResult, dict[str, int]], run_against: Runner) -> None:
+def test_ceiling_from_env_and_spec_is_respected(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
     ref, _ = serial
     res, stats = run_against(Config(latency=0.02, slots=64), env={"AIRGAP_EVAL_MAX_CONCURRENT": "3"},
                              batch_size=1)  # fmt: skip
@@ -105,7 +105,7 @@ def test_ceiling_from_env_and_spec_is_respected(serial: tuple[RunResult, dict[st
     assert stats["max_in_flight"] == 2
 
 
-def test_explicit_concurrency_and_batch_size_are_exact(serial: tuple[RunResult, dict[str, int]], run_against: Runner) -> None:
+def test_explicit_concurrency_and_batch_size_are_exact(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
     ref, ref_stats = serial
     res, stats = run_against(Config(latency=0.02, slots=64), num_concurrent=3, batch_size=2)
     assert stats["max_in_flight"] == 3
@@ -114,7 +114,7 @@ def test_explicit_concurrency_and_batch_size_are_exact(serial: tuple[RunResult, 
     assert _answers(res.out_dir) == _answers(ref.out_dir)
 
 
-def test_turn_away_storm_completes_with_identical_answers(serial: tuple[RunResult, dict[str, int]], run_against: Runner) -> None:
+def test_turn_away_storm_completes_with_identical_answers(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
     ref, _ = serial
     for status in (429, 503):
         storm = Config(latency=0.01, slots=64, reject_above=2, reject_status=status, retry_after=0.02)
@@ -124,7 +124,7 @@ def test_turn_away_storm_completes_with_identical_answers(serial: tuple[RunResul
         assert res.status.metrics == ref.status.metrics
 
 
-def test_endpoint_refusing_prompt_lists_gets_one_per_request(serial: tuple[RunResult, dict[str, int]], run_against: Runner) -> None:
+def test_endpoint_refusing_prompt_lists_gets_one_per_request(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
     ref, _ = serial
     res, stats = run_against(Config(latency=0.005, slots=64, single_prompt=True))
     assert _answers(res.out_dir) == _answers(ref.out_dir)
