@@ -2,14 +2,16 @@
 at run time (it did not).
 
 The adaptive limit probes the endpoint the way a latency-bound server (a GPU serving N
-sequences at once, queueing the rest) asks to be probed:
+sequences at once, queueing the rest) asks to be probed. Each window of answers gives a
+throughput and a mean latency:
 
-- it starts moderate (`START`) and, each window of answers, grows (doubling, then +1/8) while
-  latency stays near the lowest seen or throughput still rises;
-- latency well above that floor with no throughput gain means requests queue in the server
-  (or in the client): it shrinks by 1/8;
-- a turn-away (429/503) or a failed attempt halves it, at once, and `pause()` holds every new
-  request for the server's Retry-After.
+- it starts moderate (`START`) and grows (doubling, then +1/8) while latency stays near the
+  floor (the lowest window latency) or throughput still rises (over the last `MEMORY`);
+- latency 1.5x the floor with no throughput gain means requests queue (in the server or in
+  the client's own event loop): it shrinks by 1/8, down to `START` — below that only after
+  the server turned requests away, since a queue of a few costs a GPU server nothing;
+- a turn-away (429/503) or a failed attempt halves it at once (a burst of them counts once),
+  and `Gate.pause()` holds every new request for the server's Retry-After.
 
 It never leaves [1, ceiling]. The answers do not depend on it: only when they come.
 """
@@ -17,6 +19,7 @@ It never leaves [1, ceiling]. The answers do not depend on it: only when they co
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -25,8 +28,9 @@ from dataclasses import dataclass, field
 log = logging.getLogger("airgap-eval.concurrency")
 
 START = 8
-GROW_WHILE_LATENCY_BELOW = 1.2  # x the lowest window latency seen: no queueing yet
-SHRINK_ABOVE = 1.5  # x that floor with no throughput gain: requests are queueing
+MEMORY = 16  # windows of recent throughput history
+GROW_WHILE_LATENCY_BELOW = 1.2  # x the floor (lowest window latency): no queueing yet
+SHRINK_ABOVE = 1.5  # x the floor, with no throughput gain: requests are queueing
 MIN_GAIN = 1.05  # throughput must rise 5% to count as a gain
 
 
@@ -45,10 +49,13 @@ class Limit:
     ceiling: int
     adaptive: bool
     value: int = 0
-    floor_latency: float | None = None
-    best_rate: float = 0.0
     slow_start: bool = True
+    lowest: int = START  # 1 once the server has turned requests away
     last_cut: float = 0.0
+    floor_latency: float | None = None  # since the start or the last turn-away
+    recent: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=MEMORY)
+    )  # throughput of the last windows
     history: list[int] = field(default_factory=list)  # every value taken (for the log/tests)
 
     def __post_init__(self) -> None:
@@ -69,14 +76,16 @@ class Limit:
             return
         latency = w.latency_sum / w.answers
         rate = w.answers / max(now - w.started, 1e-6)
-        self.floor_latency = min(latency, self.floor_latency or latency)
-        gained = rate > self.best_rate * MIN_GAIN
-        self.best_rate = max(self.best_rate, rate)
+        best = max(self.recent, default=0.0)
+        self.recent.append(rate)
+        floor = self.floor_latency = min(latency, self.floor_latency or latency)
+        gained = rate > best * MIN_GAIN
         saturated = w.peak_in_flight >= self.value  # the limit, not the work left, bounded it
-        if latency > self.floor_latency * SHRINK_ABOVE and not gained:
+        if latency > floor * SHRINK_ABOVE and not gained:
             self.slow_start = False
-            self._set(self.value - max(1, self.value // 8))
-        elif saturated and (gained or latency < self.floor_latency * GROW_WHILE_LATENCY_BELOW):
+            if self.value > self.lowest:
+                self._set(max(self.lowest, self.value - max(1, self.value // 8)))
+        elif saturated and (gained or latency < floor * GROW_WHILE_LATENCY_BELOW):
             step = self.value if self.slow_start else max(1, self.value // 8)
             self._set(self.value + step)
         elif saturated:
@@ -89,7 +98,9 @@ class Limit:
             return
         self.last_cut = now
         self.slow_start = False
-        self.best_rate = 0.0  # the server's state changed: measure anew
+        self.lowest = 1
+        self.recent.clear()  # the server's state changed: measure anew
+        self.floor_latency = None
         self._set(self.value // 2)
 
 

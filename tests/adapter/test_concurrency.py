@@ -135,7 +135,7 @@ def test_endpoint_refusing_prompt_lists_gets_one_per_request(serial: tuple[RunRe
 # --- the controller alone ----------------------------------------------------------------
 
 
-def _window(latency: float, answers: int, seconds: float, peak: int) -> Window:
+def _window(latency: float, answers: int, _seconds: float, peak: int) -> Window:
     return Window(started=0.0, answers=answers, latency_sum=latency * answers, peak_in_flight=peak)
 
 
@@ -169,3 +169,14 @@ def test_fixed_limit_never_moves() -> None:
     lim.on_window(_window(0.001, 100, 0.1, 1), now=0.1)
     lim.on_trouble(now=5.0)
     assert lim.history == [1]
+
+
+def test_limit_holds_at_start_when_the_client_is_the_bottleneck() -> None:
+    """An instant endpoint: the client's event loop does 1,000 answers a second whatever the
+    concurrency, so latency only grows with it. No reason to grow; no reason to starve."""
+    lim = Limit(ceiling=128, adaptive=True)
+    for _ in range(60):
+        n = lim.value
+        lim.on_window(_window(n / 1000, 2 * n, 0, n), now=2 * n / 1000)
+    assert START <= lim.value <= 1.5 * START, lim.history
+    assert max(lim.history) <= 2 * START
