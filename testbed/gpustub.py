@@ -12,8 +12,8 @@ prompt logprobs, `max_tokens` 1) and short generations, with:
 - optional turn-aways: 429 (or 503) with `Retry-After` while more than `--reject-above`
   requests are in the server (running + queued);
 - optionally one prompt per request only (`--single-prompt`: 400 to a list, as some servers);
-- counters at `GET /stats` (requests, prompts, the most requests in flight at once, turn-aways)
-  and `POST /stats/reset`.
+- counters at `GET /stats` (requests, prompts, the most requests in flight at once, turn-aways,
+  the times of the first token-id request and the last answer) and `POST /stats/reset`.
 
     python -m testbed.gpustub --port 8000 --latency 0.04 --slots 64 [--reject-above 80]
 
@@ -121,7 +121,7 @@ class Stats:
 
     def reset(self) -> None:
         self.requests = self.prompts = self.rejected = self.in_flight = self.max_in_flight = 0
-        self.first = self.last = 0.0  # wall clock of the first arrival, the last answer
+        self.first = self.last = 0.0  # wall clock: the first token-id request, the last answer
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -154,7 +154,6 @@ def make_app(cfg: Config) -> Any:
 
     async def completions(request: web.Request) -> web.Response:
         stats.in_flight += 1
-        stats.first = stats.first or time.time()
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
             if cfg.reject_above is not None and stats.in_flight > cfg.reject_above:
@@ -171,6 +170,8 @@ def make_app(cfg: Config) -> Any:
             # one token-id list, a list of them, a string or a list of strings
             many = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], list | str)
             prompts = prompt if many else [prompt]
+            if isinstance(prompts[0], list):  # token ids: lm_eval's (a probe sends text)
+                stats.first = stats.first or time.time()
             if cfg.single_prompt and len(prompts) > 1:
                 return web.json_response({"error": {"message": "one prompt per request"}}, status=400)
             k = min(len(prompts), cfg.slots)
