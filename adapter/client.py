@@ -10,8 +10,8 @@ What it changes, and why:
   `Retry-After` (or backs off), the adaptive limit drops, and it is sent again for as long as
   `timeout` allows since its first try. Other failures get `max_retries` attempts in all,
   as in lm_eval; 400/401/403/404/422 fail at once (a retry cannot fix them).
-- Several prompts per request for loglikelihood work when batch_size is unset
-  (`AUTO_BATCH`): consecutive items of lm_eval's length-sorted order, as its own batching
+- Several prompts per request for loglikelihood work when batch_size and num_concurrent are
+  both unset (`AUTO_BATCH`): consecutive items of lm_eval's length-sorted order, as its own batching
   takes them. An endpoint that refuses a list of prompts (4xx, or a wrong number of choices)
   gets one prompt per request from then on.
 - Client cost: each payload is serialised once (not per attempt), answers are parsed where
@@ -78,7 +78,9 @@ class AdaptiveRequests:
         super().__init__(*args, num_concurrent=max(2, ceiling),  # type: ignore[call-arg]
                          batch_size=batch_size or 1, **kwargs)  # fmt: skip
         self._limit = Limit(ceiling=ceiling, adaptive=adaptive)
-        self._auto_batch = AUTO_BATCH if batch_size is None else 0
+        # several prompts per request only when the spec leaves both unset: an explicit
+        # num_concurrent alone asks for lm_eval's own behaviour, one prompt per request
+        self._auto_batch = AUTO_BATCH if batch_size is None and adaptive else 0
         self.turn_aways = 0
         self._memo: dict[str, list[int]] = {}
 
@@ -198,7 +200,8 @@ class AdaptiveRequests:
                         await send([i], session)
 
         async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-            workers = [asyncio.create_task(worker(session)) for _ in range(self._limit.ceiling)]
+            n = min(self._limit.ceiling, len(requests))  # a worker per request slot
+            workers = [asyncio.create_task(worker(session)) for _ in range(n)]
             try:
                 await asyncio.gather(*workers)
             finally:

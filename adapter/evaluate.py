@@ -1,5 +1,6 @@
 """Running lm_eval as shipped: `simple_evaluate` over tasks built from the prebuilt index's
-folders, against `local-completions` (or `local-chat-completions`), with the request cache on
+folders, against lm_eval's `local-completions` (or `local-chat-completions`) with our request
+loop (adapter.client, registered as `airgap-completions`), with the request cache on
 (finished requests survive a crash and a rerun skips them), then EvaluationTracker output.
 """
 
@@ -206,7 +207,7 @@ def save(
 ) -> list[Path]:
     """Write results + samples through EvaluationTracker; return the files written."""
     before = set(output_dir.glob("*.json*"))
-    results["config"]["model"] = f"local-{'chat-' if settings.model_type == 'chat' else ''}completions"
+    results["config"]["model"] = f"airgap-{'chat-' if settings.model_type == 'chat' else ''}completions"
     results["config"]["model_args"] = settings.lm_args()
     tracker.general_config_tracker.model_source = results["config"]["model"]
     tracker.general_config_tracker.model_name = settings.name

@@ -39,8 +39,8 @@ class RunParameters(BaseModel):
     )
     batch_size: int | None = Field(
         default=None, ge=1,
-        description="prompts per API request; default: several per loglikelihood request, "
-        "one per generation (one per request if the endpoint refuses lists)",
+        description="prompts per API request; default: several per loglikelihood request "
+        "when num_concurrent is unset too, else one",
     )
     num_concurrent: int | None = Field(
         default=None, ge=1,
