@@ -94,12 +94,6 @@ class AdaptiveRequests:
             db.autocommit = False
             if hasattr(db.conn, "_outer_stack"):
                 db.conn._outer_stack = False
-            # Each of those commits is a journal file created, synced and deleted (~0.3 ms):
-            # CachingLM's final commit would wait for 2 per request. A write-ahead log commits
-            # without a sync and stays consistent through a crash (sqlitedict's own
-            # journal_mode option, set on the open connection).
-            db.conn.execute("PRAGMA journal_mode=WAL")
-            db.conn.execute("PRAGMA synchronous=NORMAL")
         super().set_cache_hook(cache_hook)  # type: ignore[misc]
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> Any:
