@@ -47,6 +47,7 @@ class Settings:
     heartbeat_s: float
     online_timeout_s: float  # online mode: the most a Hub fetch (the tokenizer) may take
     verbose: bool  # --verbose or AIRGAP_EVAL_DEBUG
+    max_concurrent: int | None = None  # AIRGAP_EVAL_MAX_CONCURRENT: beats the spec's ceiling
 
     def request_cache_dir(self, spec_cache_dir: str | None) -> Path:
         if self.cache_dir is not None:
@@ -154,6 +155,10 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         except ValueError:
             raise ConfigError(f"{var} is not a number", "set seconds, e.g. 60") from None
     cache = _pick(env, args.cache_dir, "AIRGAP_EVAL_CACHE_DIR", None)
+    ceiling = env.get("AIRGAP_EVAL_MAX_CONCURRENT") or None
+    if ceiling is not None and not (ceiling.isdigit() and int(ceiling) >= 1):
+        raise ConfigError(f"AIRGAP_EVAL_MAX_CONCURRENT={ceiling!r} is not a positive integer",
+                          "set the most parallel model requests, e.g. 64")  # fmt: skip
     index = _pick(env, args.task_index, "AIRGAP_EVAL_TASK_INDEX", None)
     return Settings(
         job_spec=Path(job_spec) if job_spec else None,
@@ -170,6 +175,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         heartbeat_s=args.heartbeat,
         online_timeout_s=seconds["AIRGAP_EVAL_ONLINE_TIMEOUT"],
         verbose=args.verbose or bool(env.get("AIRGAP_EVAL_DEBUG")),
+        max_concurrent=int(ceiling) if ceiling else None,
     )
 
 

@@ -1,5 +1,6 @@
 """Running lm_eval as shipped: `simple_evaluate` over tasks built from the prebuilt index's
-folders, against `local-completions` (or `local-chat-completions`), with the request cache on
+folders, against lm_eval's `local-completions` (or `local-chat-completions`) with our request
+loop (adapter.client, registered as `airgap-completions`), with the request cache on
 (finished requests survive a crash and a rerun skips them), then EvaluationTracker output.
 """
 
@@ -17,12 +18,14 @@ from typing import Any
 import aiohttp
 import requests
 from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
 from lm_eval.evaluator import simple_evaluate
 from lm_eval.loggers import EvaluationTracker
 from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompletionsAPI
 from lm_eval.tasks import TaskManager
 from lm_eval.utils import make_table
 
+from adapter.client import AdaptiveRequests
 from adapter.progress import ProgressMixin, RunProgress
 from common.errors import (
     AirgapError,
@@ -37,12 +40,15 @@ from common.errors import (
 log = logging.getLogger(__name__)
 
 
-class CompletionsLM(ProgressMixin, LocalCompletionsAPI):
-    """lm_eval's `local-completions`, counting finished requests."""
+@register_model("airgap-completions")
+class CompletionsLM(ProgressMixin, AdaptiveRequests, LocalCompletionsAPI):
+    """lm_eval's `local-completions`, counting finished requests, with our request loop
+    (adapter.client: adaptive concurrency, turn-aways, several prompts per request)."""
 
 
-class ChatLM(ProgressMixin, LocalChatCompletion):
-    """lm_eval's `local-chat-completions`, counting finished requests."""
+@register_model("airgap-chat-completions")
+class ChatLM(ProgressMixin, AdaptiveRequests, LocalChatCompletion):
+    """lm_eval's `local-chat-completions`, the same way."""
 
 
 @dataclass
@@ -52,10 +58,11 @@ class ModelSettings:
     model_type: str
     tokenizer: str | None
     max_length: int
-    num_concurrent: int
+    num_concurrent: int | None  # None: adaptive, up to max_concurrent
+    max_concurrent: int
     max_retries: int
     timeout: float
-    batch_size: int
+    batch_size: int | None  # None: several loglikelihood prompts per request
     max_gen_toks: int | None
     verify_certificate: bool
 
@@ -65,6 +72,7 @@ class ModelSettings:
             "base_url": self.url,
             "max_length": self.max_length,
             "num_concurrent": self.num_concurrent,
+            "max_concurrent": self.max_concurrent,
             "max_retries": self.max_retries,
             "timeout": int(self.timeout),
             "batch_size": self.batch_size,
@@ -199,7 +207,7 @@ def save(
 ) -> list[Path]:
     """Write results + samples through EvaluationTracker; return the files written."""
     before = set(output_dir.glob("*.json*"))
-    results["config"]["model"] = f"local-{'chat-' if settings.model_type == 'chat' else ''}completions"
+    results["config"]["model"] = f"airgap-{'chat-' if settings.model_type == 'chat' else ''}completions"
     results["config"]["model_args"] = settings.lm_args()
     tracker.general_config_tracker.model_source = results["config"]["model"]
     tracker.general_config_tracker.model_name = settings.name

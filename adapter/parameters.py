@@ -34,8 +34,20 @@ class RunParameters(BaseModel):
     num_fewshot: int | None = Field(
         default=None, ge=0, validation_alias=AliasChoices("num_fewshot", "num_few_shot")
     )
-    batch_size: int = Field(default=1, ge=1, description="prompts per API request")
-    num_concurrent: int = Field(default=1, ge=1, description="parallel API requests")
+    batch_size: int | None = Field(
+        default=None, ge=1,
+        description="prompts per API request; default: several per loglikelihood request "
+        "when num_concurrent is unset too, else one",
+    )
+    num_concurrent: int | None = Field(
+        default=None, ge=1,
+        description="parallel API requests, exactly; default: adaptive, up to max_concurrent",
+    )
+    max_concurrent: int | None = Field(
+        default=None, ge=1,
+        description="ceiling of the adaptive concurrency (default "
+        f"{MAX_CONCURRENT}; AIRGAP_EVAL_MAX_CONCURRENT beats it)",
+    )
     max_retries: int = Field(default=3, ge=1, description="attempts per request (5xx, timeouts)")
     timeout: float = Field(
         default=300, gt=0, validation_alias=AliasChoices("timeout", "timeout_seconds")

@@ -287,7 +287,11 @@ def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:
         max_length=ev.resolve_max_length(
             p.max_length, prepared.endpoint.max_model_len, p.model_type
         ),
-        num_concurrent=min(p.num_concurrent, MAX_CONCURRENT),
+        num_concurrent=p.num_concurrent and min(p.num_concurrent, MAX_CONCURRENT),
+        # The env's ceiling beats the spec's, as every env setting does (an operator's guard
+        # for a shared server).
+        max_concurrent=min(cfg.settings.max_concurrent or p.max_concurrent or MAX_CONCURRENT,
+                           MAX_CONCURRENT),
         max_retries=p.max_retries,
         timeout=p.timeout,
         batch_size=p.batch_size,

@@ -1,0 +1,260 @@
+"""The request loop of our lm_eval API models: lm_eval's own `TemplateAPI` request path with
+its one async hook, `get_batched_requests`, overridden (no fork, no patch).
+
+What it changes, and why:
+
+- Concurrency: fixed when the job spec sets num_concurrent (1 means one request in flight,
+  never more), else adaptive (adapter.concurrency) up to a ceiling. All work goes through
+  this async path, also at 1: lm_eval's serial path opens a new connection per request.
+- Busy servers: 429 and 503 are turn-aways, not failures: the request waits for
+  `Retry-After` (or backs off), the adaptive limit drops, and it is sent again for as long as
+  `timeout` allows since its first try. Other failures get `max_retries` attempts in all,
+  as in lm_eval; 400/401/403/404/422 fail at once (a retry cannot fix them).
+- Several prompts per request for loglikelihood work when batch_size and num_concurrent are
+  both unset (`AUTO_BATCH`): consecutive items of lm_eval's length-sorted order, as its own batching
+  takes them. An endpoint that refuses a list of prompts (4xx, or a wrong number of choices)
+  gets one prompt per request from then on.
+- Client cost: each payload is serialised once (not per attempt), answers are parsed where
+  they arrive, and no per-request progress bar or tenacity wrapper sits in the loop.
+
+The answers are the ones lm_eval's serial path produces (same payloads — including the EOS
+stop string its async path forgets — same parsing, same cache writes), in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from lm_eval.models.api_models import LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER
+
+from adapter.concurrency import Gate, Limit
+
+log = logging.getLogger("airgap-eval.client")
+
+AUTO_BATCH = 8  # loglikelihood prompts per request when the spec sets no batch_size
+FATAL = frozenset({400, 401, 403, 404, 405, 413, 422})
+TURN_AWAY = frozenset({429, 503})
+MAX_PAUSE = 30.0  # an absurd Retry-After is capped
+
+
+class TurnedAway(Exception):
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        super().__init__(f"HTTP {resp.status}")
+        self.info, self.status = resp.request_info, resp.status
+        self.retry_after = retry_after(resp.headers.get("Retry-After"))
+
+
+class Refused(Exception):
+    """The endpoint refused a request of several prompts."""
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds; an HTTP date is treated as absent)."""
+    try:
+        return min(max(float(value), 0.0), MAX_PAUSE) if value else None
+    except ValueError:
+        return None
+
+
+class AdaptiveRequests:
+    """Mixed in front of lm_eval's LocalCompletionsAPI / LocalChatCompletion (see
+    adapter.evaluate). `num_concurrent=None` means adaptive, `batch_size=None` automatic."""
+
+    _limit: Limit
+    _auto_batch: int
+
+    def __init__(self, *args: Any, num_concurrent: int | None = None, max_concurrent: int = 128,
+                 batch_size: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+        adaptive = num_concurrent is None
+        ceiling = max_concurrent if adaptive else int(num_concurrent or 1)
+        # lm_eval takes its async path (ours) only above 1; the Limit is what bounds requests
+        super().__init__(*args, num_concurrent=max(2, ceiling),  # type: ignore[call-arg]
+                         batch_size=batch_size or 1, **kwargs)  # fmt: skip
+        self._limit = Limit(ceiling=ceiling, adaptive=adaptive)
+        # several prompts per request only when the spec leaves both unset: an explicit
+        # num_concurrent alone asks for lm_eval's own behaviour, one prompt per request
+        self._auto_batch = AUTO_BATCH if batch_size is None and adaptive else 0
+        self.turn_aways = 0
+        self._memo: dict[str, list[int]] = {}
+
+    def set_cache_hook(self, cache_hook: Any) -> None:
+        db = getattr(cache_hook, "dbdict", None)
+        if db is not None:
+            # lm_eval opens its request cache as SqliteDict(autocommit=True): every write then
+            # waits for its own commit round trip to sqlite's thread and captures a stack trace
+            # (~0.3-1 ms, on the event loop). The connection itself still commits each
+            # statement on that thread, so answers stay durable: only the waiting goes.
+            db.autocommit = False
+            if hasattr(db.conn, "_outer_stack"):
+                db.conn._outer_stack = False
+        super().set_cache_hook(cache_hook)  # type: ignore[misc]
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> Any:
+        """lm_eval's own loglikelihood, its two tokenizer calls per request answered from one
+        batched call (the same ids: the same strings, the same flags)."""
+        self._memo = self._pretokenize(requests)
+        try:
+            return super().loglikelihood(requests, disable_tqdm)  # type: ignore[misc]
+        finally:
+            self._memo = {}
+
+    def _pretokenize(self, requests: list[Any]) -> dict[str, list[int]]:
+        api: Any = self
+        if api.tokenizer_backend != "huggingface" or not requests:
+            return {}
+        texts: set[str] = set()
+        for req in requests:
+            context, continuation = req.args[0], req.args[1]
+            # TemplateLM._encode_pair encodes context+continuation and the context without
+            # its trailing spaces; an empty context encodes the continuation alone
+            texts.update((context + continuation, context.rstrip()) if context else (continuation,))
+        order = list(texts)
+        # TemplateAPI.tok_encode's default: special tokens only with add_bos_token
+        ids = api.tokenizer(order, add_special_tokens=bool(api.add_bos_token),
+                            return_attention_mask=False).input_ids  # fmt: skip
+        return dict(zip(order, ids, strict=True))
+
+    def tok_encode(self, string: Any, left_truncate_len: int | None = None,
+                   add_special_tokens: bool = False, **kwargs: Any) -> Any:  # fmt: skip
+        if isinstance(string, str) and not (left_truncate_len or add_special_tokens or kwargs):
+            ids = self._memo.get(string)
+            if ids is not None:
+                return list(ids)
+        return super().tok_encode(string, left_truncate_len=left_truncate_len,  # type: ignore[misc]
+                                  add_special_tokens=add_special_tokens, **kwargs)  # fmt: skip
+
+    # lm_eval's hook: every concurrent loglikelihood/generation call lands here
+    async def get_batched_requests(
+        self,
+        requests: list[Any],
+        cache_keys: list[Any],
+        *,
+        generate: bool = True,
+        ctxlens: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> list[list[Any]]:
+        api: Any = self
+        ctxlens = ctxlens or [None] * len(requests)
+        answers: list[Any] = [None] * len(requests)
+        todo = collections.deque(range(len(requests)))
+        gate = Gate(self._limit)
+        conn = aiohttp.TCPConnector(limit=self._limit.ceiling, ssl=api.verify_certificate)
+        timeout = aiohttp.ClientTimeout(total=api.timeout)
+        headers = {**api.header, "Content-Type": "application/json"}
+
+        async def send(idx: list[int], session: aiohttp.ClientSession) -> None:
+            msgs = [requests[i] for i in idx]
+            payload = api._create_payload(
+                api.create_message(msgs),
+                generate=generate,
+                gen_kwargs=copy.deepcopy(kwargs.get("gen_kwargs")),
+                seed=api._seed,
+                eos=api.eos_string,
+            )
+            body = json.dumps(payload).encode()
+            auto = len(idx) > 1 and self._auto_batch > 1
+            outputs = await self._post(session, gate, body, headers, several=auto)
+            ctx = [ctxlens[i] for i in idx]
+            got = (api.parse_generations(outputs=outputs) if generate
+                   else api.parse_logprobs(outputs=outputs, tokens=msgs, ctxlens=ctx))  # fmt: skip
+            if len(got) != len(idx):
+                problem = f"{len(idx)} prompts in a request, {len(got)} answers"
+                if auto:
+                    raise Refused(problem)
+                raise RuntimeError(f"the model endpoint sent {problem}")
+            for i, answer in zip(idx, got, strict=True):
+                if answer is None and generate:  # as lm_eval: a null text is kept, not cached
+                    answers[i] = LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER
+                    continue
+                answers[i] = answer
+                if cache_keys[i] is not None:
+                    api.cache_hook.add_partial(
+                        "generate_until" if generate else "loglikelihood", cache_keys[i], answer
+                    )
+
+        async def worker(session: aiohttp.ClientSession) -> None:
+            while todo:
+                n = self._batch_for(generate)
+                idx = [todo.popleft() for _ in range(min(n, len(todo)))]
+                try:
+                    await send(idx, session)
+                except Refused as e:
+                    if self._auto_batch > 1:
+                        log.info("the endpoint does not take several prompts per request (%s): "
+                                 "one prompt per request from now on", e)  # fmt: skip
+                    self._auto_batch = 1
+                    for i in idx:
+                        await send([i], session)
+
+        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+            n = min(self._limit.ceiling, len(requests))  # a worker per request slot
+            workers = [asyncio.create_task(worker(session)) for _ in range(n)]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for w in workers:
+                    w.cancel()
+        self._log_limit(len(requests))
+        return [answers]
+
+    def _batch_for(self, generate: bool) -> int:
+        api: Any = self
+        if self._auto_batch == 0 or generate or not api.tokenized_requests:
+            return int(api._batch_size)
+        return self._auto_batch
+
+    async def _post(self, session: aiohttp.ClientSession, gate: Gate, body: bytes,
+                    headers: dict[str, str], *, several: bool) -> Any:  # fmt: skip
+        api: Any = self
+        first = time.monotonic()
+        attempts = 0
+        while True:
+            await gate.acquire()
+            sent = time.monotonic()
+            latency: float | None = None
+            try:
+                async with session.post(api.base_url, data=body, headers=headers) as resp:
+                    if resp.status in TURN_AWAY:
+                        raise TurnedAway(resp)
+                    if resp.status >= 400:
+                        text = (await resp.text())[:300]
+                        if several and resp.status in (400, 413, 422):
+                            raise Refused(f"HTTP {resp.status}: {text}")
+                        log.warning("model request failed: HTTP %d: %s", resp.status, text)
+                        if resp.status in FATAL:
+                            attempts = api.max_retries  # no retry can fix it
+                        resp.raise_for_status()
+                    raw = await resp.read()
+                latency = time.monotonic() - sent
+                return json.loads(raw)
+            except TurnedAway as e:
+                self.turn_aways += 1
+                if time.monotonic() - first + (e.retry_after or 0) > api.timeout:
+                    raise aiohttp.ClientResponseError(
+                        e.info, (), status=e.status,
+                        message=f"still turned away after {api.timeout:g}s (timeout)",
+                    ) from None
+                await gate.pause(e.retry_after if e.retry_after is not None else 0.5)
+            except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError):
+                attempts += 1
+                if attempts >= api.max_retries:
+                    raise
+                log.info("model request failed (attempt %d of %d), retrying", attempts,
+                         api.max_retries)  # fmt: skip
+                await asyncio.sleep(min(10.0, 0.5 * 2**attempts))
+            finally:
+                await gate.release(latency)
+
+    def _log_limit(self, n: int) -> None:
+        lim = self._limit
+        if lim.adaptive:
+            log.info("%d requests: adaptive concurrency ended at %d (took %s; ceiling %d); "
+                     "%d turn-aways so far", n, lim.value,
+                     ",".join(map(str, lim.history[-12:])), lim.ceiling, self.turn_aways)  # fmt: skip
