@@ -14,7 +14,8 @@ from common.layout import DEFAULT_TEST_DATA
 from common.logs import setup_logging
 from common.s3settings import TEST_DATA_SECRET_DIR
 from common.status import StatusRecord
-from initcontainer.config import DEFAULT_WORKERS, ENGINES, resolve_config
+from common.storage import ENGINES
+from initcontainer.config import DEFAULT_WORKERS, resolve_config
 from initcontainer.state import status_path
 from initcontainer.sync import SyncResult, sync
 

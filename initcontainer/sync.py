@@ -1,5 +1,6 @@
-"""`sync(config)`: list the prefix, refuse unsafe keys, skip what is already in place, fetch
-the rest, verify every file and rename it into place as soon as it lands."""
+"""`sync(config)`: list the prefix (and read its manifest.json at the same time), refuse
+unsafe keys, skip what is already in place, fetch the rest through the storage layer, verify
+every file and rename it into place as soon as it lands."""
 
 from __future__ import annotations
 
@@ -13,16 +14,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write
 from common.errors import ConfigError, IntegrityError, NotFoundError
+from common.layout import MANIFEST_NAME
 from common.logs import Progress
 from common.manifest import HASH_WORKERS, Manifest, hash_files, sha256_file
+from common.storage import Deadline, S3Object, Storage, folder, open_storage
 from initcontainer.config import SyncConfig
-from initcontainer.deadline import Deadline
-from initcontainer.plan import Item, Plan, apply_manifest, check_keys, decide
+from initcontainer.plan import Item, SyncPlan, apply_manifest, check_keys, decide
 from initcontainer.state import PARTIAL_NAME, SyncState, state_dir
-from initcontainer.transfer import COMMAND_FILE, Transfer
 
 log = logging.getLogger("airgap-eval.sync")
+# Files below this size are hashed by the thread reading s5cmd's output: handing a 10 KB file
+# to a pool costs more than hashing it. Larger ones are hashed in the pool, overlapping the
+# downloads still running.
+_INLINE_HASH_BYTES = 1 << 20
 
 
 @dataclass
@@ -49,29 +55,35 @@ class _Lander:
         self.state, self.result = state, result
         self.progress: Progress | None = None
         self.problems: list[str] = []
-        self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
+        self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
+        self._made: set[Path] = set()  # parent dirs known to exist
 
     def land(self, item: Item) -> None:
-        if item.sha256 is None:
+        if item.sha256 is None or item.size < _INLINE_HASH_BYTES:
             self.place(item)
-        else:  # hashing overlaps with the downloads still running
-            self._pending.append(self._pool.submit(self.place, item))
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
+        self._pending.append(self._pool.submit(self.place, item))
 
     def place(self, item: Item) -> None:
-        size = item.partial.stat().st_size
+        size = os.stat(item.partial).st_size
         problem = digest = None
         if size != item.size:
             problem = f"{item.rel}: downloaded {size} bytes, the listing says {item.size}"
         elif item.sha256 and (digest := sha256_file(item.partial)) != item.sha256:
             problem = f"{item.rel}: sha256 {digest} != manifest {item.sha256}"
         if problem:
-            item.partial.unlink()
+            os.unlink(item.partial)
             with self._lock:
                 self.problems.append(problem)
             return
-        item.path.parent.mkdir(parents=True, exist_ok=True)
+        parent = item.path.parent
+        if parent not in self._made:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(parent)
         os.replace(item.partial, item.path)
         self.state.record(item.rel, item.path, item.etag, digest)
         with self._lock:
@@ -87,7 +99,8 @@ class _Lander:
             for fut in self._pending:
                 fut.result()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
         if self.problems:
             raise IntegrityError(
                 f"{len(self.problems)} file(s) do not match: {'; '.join(self.problems[:3])}",
@@ -98,12 +111,18 @@ class _Lander:
 def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
     result = result if result is not None else SyncResult()
     started = time.monotonic()
-    deadline = Deadline(cfg.timeout_s)
-    transfer = Transfer(cfg, deadline)
-    result.engine = transfer.engine
-    log.info("syncing %s -> %s (engine %s)", cfg.source, cfg.dest, transfer.binary or "boto3")
+    deadline = Deadline(
+        cfg.timeout_s,
+        "raise TEST_DATA_S3_TIMEOUT (e.g. 30m) or check the network path to S3; "
+        "a rerun keeps the files already in place",
+    )
+    storage = open_storage(cfg.conn, cfg.bucket, cfg.engine, cfg.workers)
+    result.engine = storage.engine
+    log.info("syncing %s -> %s (engine %s)", cfg.source, cfg.dest, storage.label)
 
-    plan = check_keys(transfer.list_objects(), cfg.dest)
+    state = SyncState.load(cfg.dest)
+    objects, manifest_body = _list(cfg, state, storage, deadline)
+    plan = check_keys(objects, cfg.dest)
     if not plan.items:
         raise NotFoundError(
             f"no objects under {cfg.source} (the prefix is matched as a folder)",
@@ -112,7 +131,7 @@ def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
         )
     result.files, result.bytes = len(plan.items), plan.total_bytes
     try:
-        _sync_plan(cfg, plan, transfer, result)
+        _sync_plan(cfg, plan, state, storage, deadline, manifest_body, result)
     except OSError as e:
         raise ConfigError(
             f"cannot write {e.filename or cfg.dest}: {e.strerror or e}",
@@ -127,12 +146,46 @@ def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
     return result
 
 
-def _sync_plan(cfg: SyncConfig, plan: Plan, transfer: Transfer, result: SyncResult) -> None:
+def _list(
+    cfg: SyncConfig, state: SyncState, storage: Storage, deadline: Deadline
+) -> tuple[list[S3Object], bytes | None]:
+    """The listing, and manifest.json's bytes read at the same time: a fresh sync does not
+    wait for a second round trip. Nothing is written before the keys are checked."""
+    if _manifest_in_place(cfg, state):
+        return storage.list_folder(cfg.prefix, deadline), None
+    key = folder(cfg.prefix) + MANIFEST_NAME
+    with ThreadPoolExecutor(1, thread_name_prefix="manifest") as pool:
+        body = pool.submit(storage.read_object, key)
+        objects = storage.list_folder(cfg.prefix, deadline)
+        try:
+            return objects, body.result(timeout=deadline.remaining())
+        except Exception:  # the listing decides; a failed read is retried as a download
+            return objects, None
+
+
+def _manifest_in_place(cfg: SyncConfig, state: SyncState) -> bool:
+    """Our journal says the local manifest.json is the one a previous sync placed."""
+    try:
+        st = os.stat(cfg.dest / MANIFEST_NAME)
+    except OSError:
+        return False
+    entry = state.entries.get(MANIFEST_NAME)
+    return entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def _sync_plan(
+    cfg: SyncConfig,
+    plan: SyncPlan,
+    state: SyncState,
+    storage: Storage,
+    deadline: Deadline,
+    manifest_body: bytes | None,
+    result: SyncResult,
+) -> None:
     cfg.dest.mkdir(parents=True, exist_ok=True)
-    state = SyncState.load(cfg.dest)
     lander = _Lander(state, result)
     try:
-        manifest = _manifest(cfg, plan, state, transfer, lander)
+        manifest, fetched = _manifest(cfg, plan, state, storage, deadline, lander, manifest_body)
         if manifest is not None:
             result.manifest = True
             apply_manifest(plan, manifest, cfg.source)
@@ -141,15 +194,20 @@ def _sync_plan(cfg: SyncConfig, plan: Plan, transfer: Transfer, result: SyncResu
         fetch_bytes = sum(i.size for i in plan.fetch)
         log.info(
             "%d of %d files already in place; fetching %d (%.1f MB)",
-            len(plan.items) - len(plan.fetch), len(plan.items), len(plan.fetch), fetch_bytes / 1e6,
+            len(plan.items) - len(plan.fetch) - fetched, len(plan.items), len(plan.fetch),
+            fetch_bytes / 1e6,
         )  # fmt: skip
         lander.progress = Progress("sync", len(plan.fetch), fetch_bytes, logger=log)
-        downloads = transfer.download(plan.fetch, plan.items)
+        by_copy = {i.download: i for i in plan.fetch}
+        whole = None
+        if _mostly(plan.fetch, plan.items):
+            whole = (cfg.prefix, state_dir(cfg.dest) / PARTIAL_NAME)
+        downloads = storage.download(list(by_copy), deadline, whole)
         try:
-            for item in downloads:
-                lander.land(item)
+            for copy in downloads:
+                lander.land(by_copy[copy])
         finally:
-            downloads.close()
+            downloads.close()  # stops s5cmd when the consumer failed
             lander.progress.close()
             lander.finish()
         for d in plan.dirs:
@@ -157,31 +215,48 @@ def _sync_plan(cfg: SyncConfig, plan: Plan, transfer: Transfer, result: SyncResu
     finally:
         state.compact(keep={i.rel for i in plan.items})
     shutil.rmtree(state_dir(cfg.dest) / PARTIAL_NAME, ignore_errors=True)
-    (state_dir(cfg.dest) / COMMAND_FILE).unlink(missing_ok=True)
+
+
+def _mostly(items: list[Item], everything: list[Item]) -> bool:
+    """Copying the whole prefix wastes at most a tenth (files and bytes) of the work."""
+    extra = len(everything) - len(items)
+    extra_bytes = sum(i.size for i in everything) - sum(i.size for i in items)
+    return extra <= len(items) / 10 and extra_bytes <= sum(i.size for i in items) / 10
 
 
 def _manifest(
-    cfg: SyncConfig, plan: Plan, state: SyncState, transfer: Transfer, lander: _Lander
-) -> Manifest | None:
-    """Fetch manifest.json first (unless ours is current): it decides what the rest must be."""
+    cfg: SyncConfig,
+    plan: SyncPlan,
+    state: SyncState,
+    storage: Storage,
+    deadline: Deadline,
+    lander: _Lander,
+    body: bytes | None,
+) -> tuple[Manifest | None, int]:
+    """manifest.json first (unless ours is current): it decides what the rest must be.
+    Returns it and how many files were fetched for it (0 or 1)."""
     item = plan.manifest_item
     if item is None:
-        return None
+        return None, 0
     try:
         current = state.is_current(item.rel, item.size, item.etag, os.stat(item.path))
     except FileNotFoundError:
         current = False
     if current:
-        return _load_manifest(item.path, cfg)
-    list(transfer.download([item], plan.items))
-    manifest = _load_manifest(item.partial, cfg)  # a broken manifest never lands
+        return _load_manifest(item.path.read_bytes(), cfg), 0
+    if body is not None and len(body) == item.size:
+        atomic_write(item.partial, body)
+    else:  # not read with the listing (or changed since): fetch it now
+        list(storage.download([item.download], deadline))
+        body = item.partial.read_bytes()
+    manifest = _load_manifest(body, cfg)  # a broken manifest never lands
     lander.place(item)
-    return manifest
+    return manifest, 1
 
 
-def _load_manifest(path: Path, cfg: SyncConfig) -> Manifest:
+def _load_manifest(body: bytes, cfg: SyncConfig) -> Manifest:
     try:
-        return Manifest.load(path)
+        return Manifest.model_validate_json(body)
     except ValueError as e:
         first = str(e).splitlines()[0]
         raise IntegrityError(
@@ -190,7 +265,7 @@ def _load_manifest(path: Path, cfg: SyncConfig) -> Manifest:
         ) from e
 
 
-def _confirm_present(plan: Plan, state: SyncState, result: SyncResult) -> None:
+def _confirm_present(plan: SyncPlan, state: SyncState, result: SyncResult) -> None:
     """Files already on disk with the right size: hashing is cheaper than downloading."""
     if not plan.rehash:
         return
