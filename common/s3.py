@@ -191,7 +191,7 @@ class Boto3Storage:
         if errors:
             raise worst(errors, len(copies))
 
-    def read_object(self, key: str) -> bytes | None:
+    def read_object(self, key: str, deadline: Deadline | None = None) -> bytes | None:
         try:
             return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
         except self.s3.exceptions.NoSuchKey:

@@ -171,6 +171,31 @@ class S5cmdStorage(Boto3Storage):
             raise self._failure(proc.stdout + proc.stderr, what, 1, proc.returncode)
         return objects
 
+    def read_object(self, key: str, deadline: Deadline | None = None) -> bytes | None:
+        """`s5cmd cat`: cheaper than starting boto3 for one small object."""
+        url = f"s3://{self.bucket}/{key}"
+        timeout = self.conn.connect_timeout + self.conn.read_timeout
+        try:
+            proc = subprocess.run(
+                self._argv(1, "cat", url),
+                capture_output=True,
+                env=self._env,
+                timeout=min(timeout, deadline.remaining()) if deadline else timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise DeadlineError(
+                f"S3 endpoint {self.conn.endpoint or 'AWS S3'} timed out while reading {url}",
+                "check that the endpoint is reachable from this pod or raise the timeout",
+            ) from None
+        if proc.returncode == 0:
+            return proc.stdout
+        errors = error_lines(proc.stderr.decode(errors="replace"))
+        if errors and all(e.endswith("not found") for e in errors):
+            return None
+        raise self._failure(
+            proc.stderr.decode(errors="replace"), f"reading {url}", 1, proc.returncode
+        )
+
     def download(
         self, copies: Sequence[Copy], deadline: Deadline, whole: tuple[str, Path] | None = None
     ) -> Generator[Copy, None, None]:

@@ -94,7 +94,7 @@ class Storage(Protocol):
     def upload(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]: ...
 
     # Single small objects (manifests): no bulk engine pays off for these.
-    def read_object(self, key: str) -> bytes | None:
+    def read_object(self, key: str, deadline: Deadline | None = None) -> bytes | None:
         """The object's bytes, None when there is no such key."""
         ...
 

@@ -154,13 +154,19 @@ def _list(
     if _manifest_in_place(cfg, state):
         return storage.list_folder(cfg.prefix, deadline), None
     key = folder(cfg.prefix) + MANIFEST_NAME
-    with ThreadPoolExecutor(1, thread_name_prefix="manifest") as pool:
-        body = pool.submit(storage.read_object, key)
-        objects = storage.list_folder(cfg.prefix, deadline)
+    body: list[bytes | None] = [None]
+
+    def read() -> None:
         try:
-            return objects, body.result(timeout=deadline.remaining())
+            body[0] = storage.read_object(key, deadline)
         except Exception:  # the listing decides; a failed read is retried as a download
-            return objects, None
+            pass
+
+    reader = threading.Thread(target=read, name="manifest", daemon=True)
+    reader.start()
+    objects = storage.list_folder(cfg.prefix, deadline)
+    reader.join(deadline.remaining())
+    return objects, body[0]
 
 
 def _manifest_in_place(cfg: SyncConfig, state: SyncState) -> bool:

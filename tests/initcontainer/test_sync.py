@@ -237,7 +237,7 @@ def test_auto_engine_falls_back_to_boto3(
     s3_server: SeaweedS3, bucket: str, make_config: MakeConfig,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr("initcontainer.transfer.s5cmd_binary", lambda: None)
+    monkeypatch.setattr("common.s5cmd.find_binary", lambda: None)
     files = sample()
     put_tree(s3_server, bucket, files)
     cfg = make_config(bucket, "data", engine="auto")
