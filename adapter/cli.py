@@ -120,14 +120,12 @@ class Run:
 
         # Heavy imports only now: the env above is read at their import time.
         from adapter import evaluate as ev
-        from adapter import preflight, seam, taskindex
+        from adapter import preflight, seam, taskindex, taskplan
+        from adapter.datacheck import stage_command
         from adapter.progress import RunProgress
 
-        if cfg.task_index is not None:  # adapter.verify reads the index from its default path
-            os.environ["AIRGAP_EVAL_TASK_INDEX"] = str(cfg.task_index)
-        index = taskindex.load_index(cfg.task_index)
-        if params.include_path:
-            index = taskindex.merge_include_path(index, [Path(p) for p in params.include_path])
+        include_path = [Path(p) for p in params.include_path or []]
+        index = taskindex.load_index(cfg.task_index, include_path)
         resolution = taskindex.resolve(names, index)
         if resolution.unknown:
             raise ConfigError(
@@ -148,21 +146,19 @@ class Run:
                 if completions
                 else None
             )
-            problems, fix = preflight.check_data(
-                cfg.test_data,
-                names,
-                index,
-                tokenizer or params.tokenizer,
-                [Path(p) for p in params.include_path or []],
+            plan = taskplan.plan_tasks(resolution, index)
+            problems, fix, _ = preflight.check_data(
+                cfg.test_data, names, plan, tokenizer or params.tokenizer, include_path
             )
             if completions and tokenizer is None and not params.tokenizer:
                 problems.append(preflight.missing_tokenizer(cfg.test_data, None))
         else:
             tokenizer = (params.tokenizer or spec.model.name) if completions else None
-            if tokenizer and (problem := preflight.check_tokenizer(tokenizer)):
+            if tokenizer and (problem := preflight.online_tokenizer_problem(tokenizer)):
                 problems.append(problem)
         preflight.fail_on_problems(
-            problems, fix or preflight.stage_command(names, params.tokenizer, cfg.test_data)
+            problems,
+            fix or stage_command(names, cfg.test_data, params.tokenizer, include_path),
         )
         endpoint = preflight.check_endpoint(
             api_base(spec.model.url),

@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapter.datacheck import (
+    TOKENIZER_ITEM,
+    TreeCheck,
+    find_bundles,
+    read_bundles,
+    stage_command,
+    tokenizer_dir,
+    tokenizer_item,
+    tokenizer_load_error,
+)
 from adapter.offline import NLTK_DIR_NAME
+from adapter.taskplan import TaskPlan
 from common.errors import (
     AuthError,
     ConfigError,
@@ -43,11 +54,8 @@ def _names(tasks: list[str]) -> str:
     return ", ".join(tasks[:4]) + (f" and {len(tasks) - 4} more" if len(tasks) > 4 else "")
 
 
-def asset_problems(test_data: Path, tasks: list[str], index: dict[str, Any]) -> list[str]:
+def asset_problems(test_data: Path, plan: TaskPlan) -> list[str]:
     """nltk data the tasks' code looks up, and metric modules it would fetch from the Hub."""
-    from adapter.stage import make_plan
-
-    plan = make_plan(tasks, index)
     problems = []
     for pkg, needers in sorted(plan.nltk.items()):
         if not any((test_data / NLTK_DIR_NAME).glob(f"*/{pkg}")):
@@ -65,24 +73,31 @@ def asset_problems(test_data: Path, tasks: list[str], index: dict[str, Any]) -> 
 def check_data(
     test_data: Path,
     tasks: list[str],
-    index: dict[str, Any],
+    plan: TaskPlan,
     tokenizer: str | None,
     include_path: list[Path],
-) -> tuple[list[str], str | None]:
-    """Problems with bundles, tokenizer and assets, and the command that fixes them.
-
-    Bundles and tokenizer: adapter.verify, as `airgap-eval verify` runs it (hashes are the
-    init container's job: it checked them while syncing)."""
-    from adapter.verify import verify
-
-    report = verify(test_data, tasks, tokenizer=tokenizer, check_hashes=False,
-                    include_path=include_path)
+) -> tuple[list[str], str | None, TreeCheck]:
+    """Problems with bundles, tokenizer and assets, the command that fixes them, and the
+    bundles as loaded (hashes are the init container's job: it checked them while syncing)."""
+    manifest = _manifest(test_data)
+    check = find_bundles(test_data, plan, manifest)
+    read_bundles(check, manifest)
+    items = list(check.items)
+    tok_dir = tokenizer_dir(test_data, tokenizer, manifest)
+    if tokenizer or tok_dir.is_dir() or (manifest and manifest.tokenizer):
+        items.append(tokenizer_item(tok_dir, manifest))
+    bad = [i for i in items if i.status != "ok"]
     problems = [
         f"{i.task} -> {test_data / i.slug}: {i.status}" + (f" ({i.detail})" if i.detail else "")
-        for i in report.problems
+        for i in bad
     ]
-    problems += asset_problems(test_data, tasks, index)
-    return problems, report.fix_command
+    problems += asset_problems(test_data, plan)
+    fix = None
+    if bad:
+        retry = list(dict.fromkeys(i.task for i in bad if i.task != TOKENIZER_ITEM)) or tasks
+        src = manifest.tokenizer if manifest else None
+        fix = stage_command(retry, test_data, src, include_path)
+    return problems, fix, check
 
 
 def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> str | None:
@@ -101,10 +116,8 @@ def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> s
     return None
 
 
-def check_tokenizer(source: str) -> str | None:
+def online_tokenizer_problem(source: str) -> str | None:
     """A problem line, or None when the tokenizer loads."""
-    from adapter.verify import tokenizer_load_error
-
     if error := tokenizer_load_error(source, local_only=False):  # online: an HF id may download
         return f"tokenizer {source} does not load with this image's transformers: {error}"
     return None
@@ -115,11 +128,6 @@ def missing_tokenizer(test_data: Path, requested: str | None) -> str:
     staged = f" (the tree was staged for {manifest.tokenizer})" if manifest and manifest.tokenizer else ""
     want = f"tokenizer {requested}" if requested else "a tokenizer"
     return f"{want} is not staged under {test_data / TOKENIZER_DIR_NAME}{staged}"
-
-
-def stage_command(tasks: list[str], tokenizer: str | None, test_data: Path) -> str:
-    tok = tokenizer or "HF_ID_OR_DIR"
-    return f"airgap-eval stage {' '.join(tasks)} --tokenizer {tok} --out {test_data}"
 
 
 def fail_on_problems(problems: list[str], fix: str) -> None:

@@ -95,9 +95,13 @@ def write_index(path: Path, index: dict[str, Any]) -> None:
     atomic_write(path, json.dumps(index, default=str))
 
 
-def load_index(path: Path | None = None) -> dict[str, Any]:
-    """The cached index; built (and cached, where writable) when absent or stale."""
-    path = path or default_index_path()
+def load_index(path: Path | None = None, include_path: list[Path] | None = None) -> dict[str, Any]:
+    """The cached index (built and cached, where writable, when absent or stale), with the
+    custom task folders of `include_path` merged over it."""
+    return merge_include_path(_cached_index(path or default_index_path()), include_path or [])
+
+
+def _cached_index(path: Path) -> dict[str, Any]:
     try:
         index: dict[str, Any] = json.loads(path.read_text())
         if index.get("format") == INDEX_FORMAT and index.get("lm_eval") == _lm_eval_version():

@@ -14,9 +14,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sync": ("initcontainer.cli", "sync an S3 prefix into /test_data (init container)"),
     "run": ("adapter.cli", "run an lm_eval job offline from /test_data (adapter)"),
     "upload": ("sidecar.cli", "upload results, logs and status to S3 (sidecar)"),
-    "stage": ("adapter.stage_cli", "stage datasets + tokenizer for tasks (connected machine)"),
-    "verify": ("adapter.stage_cli", "prove a staged tree covers a job"),
-    "slugs": ("adapter.stage_cli", "print the slugs (bundle dirs) tasks need"),
+    "stage": ("staging.cli", "stage datasets + tokenizer for tasks (connected machine)"),
+    "verify": ("staging.cli", "prove a staged tree covers a job"),
+    "slugs": ("staging.cli", "print the slugs (bundle dirs) tasks need"),
     "demo": ("testbed.demo", "the whole pod locally: SeaweedFS, vLLM, sync -> run -> upload"),
 }
 

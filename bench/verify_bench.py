@@ -31,9 +31,9 @@ def build_tree(root: Path, n: int, mb: float) -> tuple[Path, list[str]]:
     import datasets
 
     from adapter.slugs import slug
-    from adapter.stage import library_versions
     from common.layout import MANIFEST_NAME
     from common.manifest import build_manifest
+    from staging.stage import library_versions
 
     tasks_dir, data = root / "tasks", root / "test_data"
     tasks_dir.mkdir(parents=True)
@@ -87,9 +87,9 @@ def main() -> int:
     import datasets
 
     datasets.disable_progress_bars()
-    from adapter.verify import verify
     from common.layout import MANIFEST_NAME
     from common.manifest import Manifest
+    from staging.verify import verify
 
     with tempfile.TemporaryDirectory(prefix="verify-bench-") as tmp:
         root = args.keep or Path(tmp)

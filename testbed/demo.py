@@ -94,9 +94,9 @@ def _scores(results_dir: Path) -> list[tuple[str, str, float]]:
 
 
 def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
-    from adapter.stage import upload_tree
     from common.manifest import Manifest
     from common.s3 import client
+    from staging.stage import upload_tree
     from testbed.modelserver import VLLMServer
     from testbed.tiny import build_all, read_only
 

@@ -25,11 +25,11 @@ test_data, work = Path(sys.argv[1]), Path(sys.argv[2])
 tasks = json.loads(sys.argv[3])
 offline.apply(offline.detect(test_data), test_data, work, allow_code=False)
 egress.enable([])
-from adapter import evaluate, preflight, seam, taskindex
+from adapter import evaluate, preflight, seam, taskindex, taskplan
 index = taskindex.load_index()
 res = taskindex.resolve(tasks, index)
 seam.install(test_data)
-problems, fix = preflight.check_data(test_data, tasks, index, None, [])
+problems, fix, _ = preflight.check_data(test_data, tasks, taskplan.plan_tasks(res, index), None, [])
 built = evaluate.build_tasks(tasks, res.folders, {})
 docs = {name: len(list(task.eval_docs)) for name, task in built.tasks.items()}
 print(json.dumps({"problems": problems, "docs": docs, "blocked": egress.blocked}))

@@ -5,12 +5,8 @@ Tasks and groups resolve to leaf tasks through the prebuilt task index; each dis
 under its slug; the tokenizer and the nltk data the tasks' code downloads are saved beside
 them; `manifest.json` is written last. A rerun only adds what is missing or broken.
 
-Python-class tasks (`class: !function task.X`) carry their dataset in class attributes: we
-import the class (never instantiate it: its __init__ downloads) and read `DATASET_PATH` and
-`DATASET_NAME`. A class that sets them elsewhere is reported as unresolved.
-
-Heavy libraries (datasets, transformers, lm_eval) are imported inside functions: `verify`
-imports the config helpers below and must stay light.
+Which bundles, splits and assets: adapter.taskplan (the run path plans with the same code).
+Heavy libraries (datasets, transformers) are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -18,23 +14,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from functools import cache
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from adapter import taskindex
 from adapter.bundles import is_bundle
-from adapter.slugs import slug
+from adapter.offline import NLTK_DIR_NAME
+from adapter.taskplan import BundleNeed, plan_tasks
 from common.errors import (
     AirgapError,
     ConfigError,
@@ -51,139 +44,10 @@ from common.s3settings import S3Connection, resolve_connection
 
 log = logging.getLogger("airgap-eval.stage")
 
-NLTK_DIR_NAME = "nltk_data"
 STAGING_DIR = f"{STATE_DIR_NAME}/staging"
-SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 VERSIONED = ("lm_eval", "datasets", "transformers", "tokenizers", "airgap-eval")
 NLTK_DOWNLOAD_TIMEOUT_S = 120  # nltk.download has no timeout of its own and can stall
 
-_NLTK_RE = re.compile(
-    r"""nltk\.(?:download\(\s*|data\.find\(\s*)["'](?:[\w-]+/)?([\w.-]+?)(?:\.zip)?["']"""
-)
-_EVALUATE_RE = re.compile(r"""evaluate\.load\(\s*["']([\w/.-]+)["']""")
-
-
-# --- task configs (light: yaml only) ---------------------------------------------------
-
-
-class _ConfigLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """lm_eval's YAML dialect read as data: `!function x.y` stays the string `x.y`."""
-
-
-_ConfigLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
-
-
-def read_task_yaml(path: Path, _seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
-    """A task YAML with its `include`s merged (the including file wins), as lm_eval does.
-
-    Not lm_eval's own loader: importing it costs ~2 s (lm_eval.tasks), too much for verify.
-    """
-    path = path.resolve()
-    if path in _seen:
-        raise ConfigError(f"include cycle at {path}", "fix the `include:` keys of the task YAMLs")
-    cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path} is not a YAML mapping", "fix the task YAML")
-    includes = cfg.pop("include", None)
-    if not includes:
-        return cfg
-    merged: dict[str, Any] = {}
-    for inc in includes if isinstance(includes, list) else [includes]:
-        merged |= read_task_yaml(path.parent / inc, _seen | {path})
-    return merged | cfg
-
-
-def leaf_config(leaf: taskindex.LeafTask, index: dict[str, Any]) -> dict[str, Any]:
-    """The leaf's own YAML config ({} for a task defined inline in a group)."""
-    rec = index["entries"].get(leaf.name) or {}
-    return read_task_yaml(Path(rec["yaml"])) if rec.get("yaml") else {}
-
-
-def required_splits(cfg: dict[str, Any]) -> list[str]:
-    """lm_eval indexes every configured split while building the task (even 0-shot)."""
-    return sorted({str(cfg[k]) for k in SPLIT_KEYS if cfg.get(k) is not None})
-
-
-def load_task_index(include_path: Iterable[Path] | None = None) -> dict[str, Any]:
-    return taskindex.merge_include_path(taskindex.load_index(), list(include_path or []))
-
-
-# --- the plan: which bundles, for which tasks ------------------------------------------
-
-
-@dataclass
-class BundlePlan:
-    slug: str
-    dataset_path: str
-    dataset_name: str | None
-    dataset_kwargs: dict[str, Any]
-    tasks: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Plan:
-    bundles: dict[str, BundlePlan] = field(default_factory=dict)
-    task_slugs: dict[str, list[str]] = field(default_factory=dict)
-    unresolved: dict[str, str] = field(default_factory=dict)  # task -> why
-    unknown: list[str] = field(default_factory=list)  # names not in the index
-    nltk: dict[str, list[str]] = field(default_factory=dict)  # package -> tasks
-    evaluate: dict[str, list[str]] = field(default_factory=dict)  # metric -> tasks
-
-
-@cache
-def _folder_assets(folder: Path) -> tuple[frozenset[str], frozenset[str]]:
-    """nltk packages and Hub metric modules the Python files beside a task YAML fetch."""
-    nltk: set[str] = set()
-    metrics: set[str] = set()
-    for py in folder.glob("*.py"):
-        text = py.read_text(encoding="utf-8", errors="replace")
-        nltk.update(_NLTK_RE.findall(text))
-        metrics.update(_EVALUATE_RE.findall(text))
-    return frozenset(nltk), frozenset(metrics)
-
-
-def python_task_fields(yaml_path: Path) -> tuple[str | None, str | None]:
-    """DATASET_PATH / DATASET_NAME of a Python-class task, read from the class itself."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    cls = load_yaml(yaml_path, resolve_func=True).get("class")
-    return getattr(cls, "DATASET_PATH", None), getattr(cls, "DATASET_NAME", None)
-
-
-def make_plan(tasks: list[str], index: dict[str, Any]) -> Plan:
-    res = taskindex.resolve(tasks, index)
-    plan = Plan(unknown=list(res.unknown))
-    for leaf in res.leaves:
-        cfg = leaf_config(leaf, index)
-        path, name, data_files = leaf.dataset_path, leaf.dataset_name, leaf.data_files
-        if leaf.python_class:
-            yaml_path = Path(index["entries"][leaf.name]["yaml"])
-            try:
-                path, name = python_task_fields(yaml_path)
-            except Exception as e:  # any import error of third-party task code
-                plan.unresolved[leaf.name] = f"importing its class failed: {e}"
-                continue
-        if not path:
-            plan.unresolved[leaf.name] = (
-                "no dataset_path (a custom_dataset loader or a class setting it at runtime)"
-            )
-            continue
-        kwargs = dict(cfg.get("dataset_kwargs") or {}) | (
-            {"data_files": data_files} if data_files else {}
-        )
-        kwargs.pop("trust_remote_code", None)  # datasets >= 4 refuses it; lm_eval drops it too
-        s = slug(path, name, data_files)
-        bundle = plan.bundles.setdefault(s, BundlePlan(s, path, name, kwargs))
-        bundle.tasks.append(leaf.name)
-        plan.task_slugs[leaf.name] = [s]
-        rec = index["entries"].get(leaf.name) or {}
-        if rec.get("yaml"):
-            nltk, metrics = _folder_assets(Path(rec["yaml"]).parent)
-            for pkg in nltk:
-                plan.nltk.setdefault(pkg, []).append(leaf.name)
-            for metric in metrics:
-                plan.evaluate.setdefault(metric, []).append(leaf.name)
-    return plan
 
 
 # --- writing the tree --------------------------------------------------------------------
@@ -219,7 +83,7 @@ def _fresh_tmp(out: Path, name: str) -> Path:
     return tmp
 
 
-def _load_error(e: Exception, b: BundlePlan) -> AirgapError:
+def _load_error(e: Exception, b: BundleNeed) -> AirgapError:
     what = f"dataset {b.dataset_path!r}" + (f" ({b.dataset_name})" if b.dataset_name else "")
     used_by = f" for {', '.join(b.tasks[:3])}" + (" ..." if len(b.tasks) > 3 else "")
     name = type(e).__name__
@@ -238,7 +102,7 @@ def _load_error(e: Exception, b: BundlePlan) -> AirgapError:
     return MissingDataError(f"loading {what}{used_by} failed: {name}: {e}", "see the log above")
 
 
-def save_bundle(b: BundlePlan, out: Path) -> int:
+def save_bundle(b: BundleNeed, out: Path) -> int:
     """load_dataset once, save_to_disk under the slug (atomically). Returns rows written."""
     import datasets
 
@@ -377,8 +241,8 @@ def stage(
     raised (naming all of them), so a rerun only redoes what failed.
     """
     register_secret(os.environ.get("HF_TOKEN"))
-    index = index if index is not None else load_task_index(include_path)
-    plan = make_plan(tasks, index)
+    index = index if index is not None else taskindex.load_index(None, list(include_path or []))
+    plan = plan_tasks(taskindex.resolve(tasks, index), index)
     if plan.unknown:
         raise ConfigError(
             f"unknown task or group name(s): {', '.join(plan.unknown)}",

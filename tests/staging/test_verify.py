@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from adapter.verify import TOKENIZER_ITEM, verify
 from common.errors import ExitCode
 from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest, build_manifest
 from common.status import read_status
-from tests.adapter.test_stage import (  # noqa: F401
+from staging.verify import TOKENIZER_ITEM, verify
+from tests.staging.test_stage import (  # noqa: F401
     custom_tasks,
     nltk_src,
     run_cli,

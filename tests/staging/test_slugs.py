@@ -10,7 +10,7 @@ import pytest
 
 from adapter.bundles import locate
 from adapter.slugs import candidates, slug
-from tests.adapter.test_stage import REPO, run_cli
+from tests.staging.test_stage import REPO, run_cli
 
 CASES: list[tuple[str, str | None, Any, str, list[str]]] = [
     # dataset_path, dataset_name, data_files, slug, legacy aliases

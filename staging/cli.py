@@ -1,4 +1,4 @@
-"""`airgap-eval stage | verify | slugs`: thin CLIs over adapter.stage and adapter.verify."""
+"""`airgap-eval stage | verify | slugs`: thin CLIs over staging.stage and staging.verify."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adapter.taskindex import load_index, resolve
+from adapter.taskplan import TaskPlan, plan_tasks
 from common.entry import run_guarded
 from common.errors import ConfigError, IntegrityError, MissingDataError
 from common.layout import STATE_DIR_NAME, STATUS_NAME
@@ -108,7 +110,7 @@ def _stage_main(argv: list[str], prog: str) -> int:
         os.environ.update(dict.fromkeys(_OFFLINE_ENV, "1"))
 
     def go(status: StatusRecord) -> None:
-        from adapter.stage import stage
+        from staging.stage import stage
 
         upload = args.upload
         if upload and args.endpoint:
@@ -157,7 +159,7 @@ def _verify_main(argv: list[str], prog: str) -> int:
     os.environ.update(dict.fromkeys(_OFFLINE_ENV, "1"))  # verify never needs the network
 
     def go(status: StatusRecord) -> None:
-        from adapter.verify import verify
+        from staging.verify import verify
 
         if not args.dir.is_dir():
             raise MissingDataError(f"{args.dir} is not a directory", "pass the staged tree")
@@ -210,13 +212,16 @@ def _slugs_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def _plan(tasks: list[str], index: dict[str, Any]) -> TaskPlan:
+    return plan_tasks(resolve(tasks, index), index)
+
+
 def mapping_table(tasks: list[str], index: dict[str, Any]) -> tuple[list[str], int]:
     """Markdown rows (task, dataset_path, dataset_name, data_files, slug, alias) and the
     number of distinct bundles."""
     from adapter.slugs import candidates
-    from adapter.stage import make_plan
 
-    plan = make_plan(tasks, index)
+    plan = _plan(tasks, index)
     if plan.unknown:
         raise ConfigError(f"unknown task(s): {', '.join(plan.unknown)}", "check the spelling")
     rows = [
@@ -268,9 +273,7 @@ def _slugs_main(argv: list[str], prog: str) -> int:
     setup_logging()
 
     def go(status: StatusRecord) -> None:
-        from adapter.stage import load_task_index, make_plan
-
-        index = load_task_index(args.include_path)
+        index = load_index(None, args.include_path)
         if args.mapping_doc:
             sys.stdout.write(mapping_doc(index))
             return
@@ -278,7 +281,7 @@ def _slugs_main(argv: list[str], prog: str) -> int:
         if args.markdown:
             print("\n".join(mapping_table(tasks, index)[0]))
             return
-        plan = make_plan(tasks, index)
+        plan = _plan(tasks, index)
         if plan.unknown:
             raise ConfigError(f"unknown task(s): {', '.join(plan.unknown)}", "check the spelling")
         for s in plan.bundles:

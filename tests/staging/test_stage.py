@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from adapter.slugs import slug
-from adapter.stage import make_plan, stage
+from adapter.taskindex import load_index, resolve
+from adapter.taskplan import plan_tasks
 from common.errors import ConfigError
 from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest, mismatches
+from staging.stage import stage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -150,9 +152,10 @@ def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
 
 
 def test_plan_groups_leaves_and_detects_assets(custom_tasks: Path) -> None:
-    from adapter.stage import load_task_index
 
-    plan = make_plan(["stg_suite", "stg_nltk"], load_task_index([custom_tasks]))
+
+    index = load_index(None, [custom_tasks])
+    plan = plan_tasks(resolve(["stg_suite", "stg_nltk"], index), index)
     assert sorted(plan.task_slugs) == ["stg_csv", "stg_folder", "stg_nltk", "stg_qa"]
     # stg_qa and stg_nltk read the same files: one bundle
     assert plan.task_slugs["stg_qa"] == plan.task_slugs["stg_nltk"] == [qa_slug(custom_tasks)]
@@ -343,8 +346,8 @@ def test_upload_drops_the_old_manifest_first(
     staged: Path, bucket: str, s3_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failed upload must not leave an old manifest beside half-new files."""
-    from adapter import stage as stage_mod
     from common.errors import UploadError
+    from staging import stage as stage_mod
 
     conn = s3_server.connection()
     s3 = stage_mod.client(conn)
@@ -366,7 +369,7 @@ def test_upload_drops_the_old_manifest_first(
 def test_upload_boto3_fallback_puts_manifest_last(
     staged: Path, bucket: str, s3_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from adapter import stage as stage_mod
+    from staging import stage as stage_mod
 
     monkeypatch.setattr(stage_mod, "s5cmd_binary", lambda: None)
     conn = s3_server.connection()
@@ -380,8 +383,8 @@ def test_upload_boto3_fallback_puts_manifest_last(
 
 
 def test_upload_bad_credentials_is_auth_error(staged: Path, bucket: str, s3_server: Any) -> None:
-    from adapter.stage import upload_tree
     from common.errors import AuthError
+    from staging.stage import upload_tree
 
     conn = s3_server.connection(secret_key="wrong-secret")
     with pytest.raises(AuthError):
