@@ -7,10 +7,12 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from common.errors import AirgapError, DeadlineError, UnreachableError
+from common.logs import register_secret
 from common.s3settings import S3Connection
 from common.storage import (
     Copy,
@@ -19,6 +21,7 @@ from common.storage import (
     error_for_code,
     folder,
     no_credentials,
+    upload_failure,
     worst,
 )
 
@@ -47,6 +50,29 @@ def client(conn: S3Connection) -> Any:
         aws_session_token=conn.session_token,
         config=cfg,
         verify=verify,
+    )
+
+
+def with_default_credentials(conn: S3Connection, what: str) -> S3Connection:
+    """No keys configured: take them from the default AWS chain (web identity, container or
+    instance role, profiles), resolved once by botocore. Its instance-metadata lookup gives
+    up within seconds, where s5cmd's SDK retries an unreachable metadata endpoint for minutes;
+    and no credentials at all is the same CONFIG error with either engine."""
+    if conn.has_keys:
+        return conn
+    import botocore.session
+
+    try:
+        found = botocore.session.get_session().get_credentials()
+    except Exception as e:  # a broken profile or web-identity file
+        raise no_credentials(f"{what} ({type(e).__name__}: {e})") from e
+    if found is None:
+        raise no_credentials(what)
+    creds = found.get_frozen_credentials()
+    register_secret(creds.secret_key)
+    register_secret(creds.token)
+    return replace(
+        conn, access_key=creds.access_key, secret_key=creds.secret_key, session_token=creds.token
     )
 
 
@@ -148,7 +174,10 @@ class Boto3Storage:
         def put(c: Copy, cancel: threading.Event) -> None:
             s3.upload_file(str(c.path), self.bucket, c.key)
 
-        yield from self._pool(put, copies, deadline, "uploading", (_Cancelled,))
+        try:
+            yield from self._pool(put, copies, deadline, "uploading", (_Cancelled,))
+        except AirgapError as e:
+            raise upload_failure(e) from None
 
     def _pool(
         self,

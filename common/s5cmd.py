@@ -27,7 +27,7 @@ from common.errors import (
     UnreachableError,
     UnsafePathError,
 )
-from common.s3 import Boto3Storage
+from common.s3 import Boto3Storage, with_default_credentials
 from common.s3settings import S3Connection
 from common.storage import (
     Copy,
@@ -36,6 +36,7 @@ from common.storage import (
     error_for_code,
     folder,
     no_credentials,
+    upload_failure,
     worst,
 )
 
@@ -123,6 +124,7 @@ class S5cmdStorage(Boto3Storage):
     engine = "s5cmd"
 
     def __init__(self, binary: str, conn: S3Connection, bucket: str, workers: int) -> None:
+        conn = with_default_credentials(conn, f"connecting to s3://{bucket}")
         super().__init__(conn, bucket, workers)
         self.binary = self.label = binary
         self.s5cmd_workers = workers
@@ -229,7 +231,12 @@ class S5cmdStorage(Boto3Storage):
             command_line("cp", "--raw", str(c.path), f"s3://{self.bucket}/{c.key}") for c in copies
         ]
         by_dest = {f"s3://{self.bucket}/{c.key}": c for c in copies}
-        yield from self._run(lines, by_dest, deadline, f"uploading to s3://{self.bucket}/", False)
+        try:
+            yield from self._run(
+                lines, by_dest, deadline, f"uploading to s3://{self.bucket}/", False
+            )
+        except AirgapError as e:
+            raise upload_failure(e) from None
 
     def _run(
         self,

@@ -20,6 +20,7 @@ from common.errors import (
     DeadlineError,
     NotFoundError,
     UnreachableError,
+    UploadError,
 )
 
 if TYPE_CHECKING:
@@ -164,6 +165,13 @@ def no_credentials(what: str) -> ConfigError:
         "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (env or secret files), or run "
         "with an IAM role",
     )
+
+
+def upload_failure(err: AirgapError) -> AirgapError:
+    """An upload error no rule classified is still an upload failure (exit 12), not a bug."""
+    if type(err) is AirgapError:
+        return UploadError(err.message, err.hint or "check the S3 endpoint and rerun")
+    return err
 
 
 def worst(errors: list[AirgapError], total: int) -> AirgapError:

@@ -198,10 +198,11 @@ def _sync_plan(
         decide(plan, state)
         _confirm_present(plan, state, result)
         fetch_bytes = sum(i.size for i in plan.fetch)
+        fetching = [*plan.fetch, *fetched]  # the manifest fetched first counts as fetched
         log.info(
             "%d of %d files already in place; fetching %d (%.1f MB)",
-            len(plan.items) - len(plan.fetch) - fetched, len(plan.items), len(plan.fetch),
-            fetch_bytes / 1e6,
+            len(plan.items) - len(fetching), len(plan.items), len(fetching),
+            sum(i.size for i in fetching) / 1e6,
         )  # fmt: skip
         lander.progress = Progress("sync", len(plan.fetch), fetch_bytes, logger=log)
         by_copy = {i.download: i for i in plan.fetch}
@@ -238,18 +239,18 @@ def _manifest(
     deadline: Deadline,
     lander: _Lander,
     body: bytes | None,
-) -> tuple[Manifest | None, int]:
+) -> tuple[Manifest | None, list[Item]]:
     """manifest.json first (unless ours is current): it decides what the rest must be.
-    Returns it and how many files were fetched for it (0 or 1)."""
+    Returns it and what was fetched for it ([] or its item)."""
     item = plan.manifest_item
     if item is None:
-        return None, 0
+        return None, []
     try:
         current = state.is_current(item.rel, item.size, item.etag, os.stat(item.path))
     except FileNotFoundError:
         current = False
     if current:
-        return _load_manifest(item.path.read_bytes(), cfg), 0
+        return _load_manifest(item.path.read_bytes(), cfg), []
     if body is not None and len(body) == item.size:
         atomic_write(item.partial, body)
     else:  # not read with the listing (or changed since): fetch it now
@@ -257,7 +258,7 @@ def _manifest(
         body = item.partial.read_bytes()
     manifest = _load_manifest(body, cfg)  # a broken manifest never lands
     lander.place(item)
-    return manifest, 1
+    return manifest, [item]
 
 
 def _load_manifest(body: bytes, cfg: SyncConfig) -> Manifest:

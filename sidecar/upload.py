@@ -172,13 +172,8 @@ class Uploader:
 
     def _transfer(self, files: list[LocalFile], deadline: Deadline) -> None:
         copies = [Copy(self._key(f.rel), f.source) for f in files]
-        try:
-            for _ in self.storage.upload(copies, deadline):
-                pass
-        except AirgapError as e:
-            if type(e) is AirgapError:  # unclassified: still an upload failure, not a bug
-                raise UploadError(e.message, "check the S3 endpoint") from e
-            raise
+        for _ in self.storage.upload(copies, deadline):
+            pass
 
     def sync(self, final: bool, timeout: float) -> PassResult:
         """One pass. `final`: every file must verify, else UploadError. A partial pass (the
