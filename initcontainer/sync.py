@@ -4,6 +4,7 @@ every file and rename it into place as soon as it lands."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -157,10 +158,9 @@ def _list(
     body: list[bytes | None] = [None]
 
     def read() -> None:
-        try:
+        # The listing decides what is wrong; a failed read is retried as a download.
+        with contextlib.suppress(Exception):
             body[0] = storage.read_object(key, deadline)
-        except Exception:  # the listing decides; a failed read is retried as a download
-            pass
 
     reader = threading.Thread(target=read, name="manifest", daemon=True)
     reader.start()

@@ -21,8 +21,8 @@ from common.errors import ExitCode
 from common.status import StatusRecord
 from initcontainer.state import status_path
 from testbed.localservers import SeaweedS3, free_port
-from tests.initcontainer.conftest import put_tree, run_cli, tree
 from tests.httpstub import serving
+from tests.initcontainer.conftest import put_tree, run_cli, tree
 from tests.initcontainer.stub_s3 import stub_s3
 
 

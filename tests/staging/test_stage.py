@@ -346,10 +346,9 @@ def test_upload_drops_the_old_manifest_first(
 ) -> None:
     """A failed upload must not leave an old manifest beside half-new files."""
     from common.errors import UploadError
-    from staging import stage as stage_mod
-
     from common.s3 import Boto3Storage, client
     from common.s5cmd import S5cmdStorage
+    from staging import stage as stage_mod
 
     conn = s3_server.connection()
     s3 = client(conn)
