@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common.errors import AirgapError, DeadlineError, UnreachableError
+from common.errors import AirgapError, DeadlineError, Interrupted, UnreachableError, UnsafePathError
+from common.layout import validate_relative_key
 from common.logs import register_secret
 from common.s3settings import S3Connection
 from common.storage import (
@@ -114,6 +115,11 @@ class Boto3Storage:
         self.conn, self.bucket = conn, bucket
         self.workers = min(workers, POOL_CONNECTIONS)
         self._s3: Any = None
+        self._cancels: set[threading.Event] = set()
+
+    def stop(self) -> None:
+        for cancel in list(self._cancels):
+            cancel.set()
 
     @property
     def s3(self) -> Any:
@@ -151,9 +157,7 @@ class Boto3Storage:
             raise self._error(e, f"listing s3://{self.bucket}/{base}") from e
         return out
 
-    def download(
-        self, copies: Sequence[Copy], deadline: Deadline, whole: tuple[str, Path] | None = None
-    ) -> Generator[Copy, None, None]:
+    def download(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
         s3 = self.s3
 
         def get(c: Copy, cancel: threading.Event) -> None:
@@ -167,6 +171,20 @@ class Boto3Storage:
 
         # A local write that fails (disk full, permissions) is the caller's to report.
         yield from self._pool(get, copies, deadline, "downloading", (_Cancelled, OSError))
+
+    def download_folder(
+        self, prefix: str, root: Path, deadline: Deadline
+    ) -> Generator[Path, None, None]:
+        copies = []
+        for obj in self.list_folder(prefix, deadline):
+            try:
+                validate_relative_key(obj.rel)
+            except UnsafePathError:
+                continue  # never written outside root; the caller's own key check names it
+            if not obj.rel.endswith("/"):
+                copies.append(Copy(obj.key, root / obj.rel))
+        for copy in self.download(copies, deadline):
+            yield copy.path
 
     def upload(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
         s3 = self.s3
@@ -190,8 +208,11 @@ class Boto3Storage:
         if not copies:
             return
         cancel = threading.Event()
+        self._cancels.add(cancel)
 
         def run(c: Copy) -> Copy:
+            if cancel.is_set():
+                raise _Cancelled
             try:
                 one(c, cancel)
             except raw:
@@ -211,11 +232,16 @@ class Boto3Storage:
                     errors.append(e)
                 except _Cancelled:
                     pass
+            if cancel.is_set():  # stop() was called
+                raise Interrupted(
+                    f"{doing} s3://{self.bucket}/ stopped", "rerun: finished files are kept"
+                )
         except FuturesTimeout:
             raise deadline.error(f"{doing} s3://{self.bucket}/") from None
         finally:
             # Running transfers stop at their next chunk; read timeouts bound a stalled one.
             cancel.set()
+            self._cancels.discard(cancel)
             pool.shutdown(wait=False, cancel_futures=True)
         if errors:
             raise worst(errors, len(copies))

@@ -129,6 +129,7 @@ class S5cmdStorage(Boto3Storage):
         self.binary = self.label = binary
         self.s5cmd_workers = workers
         self._env = {**os.environ, **conn.env()}
+        self._procs: set[subprocess.Popen[str]] = set()
 
     def _argv(self, workers: int, *args: str) -> list[str]:
         argv = [self.binary, "--json", "--numworkers", str(workers), "--retry-count", "3"]
@@ -198,58 +199,64 @@ class S5cmdStorage(Boto3Storage):
             proc.stderr.decode(errors="replace"), f"reading {url}", 1, proc.returncode
         )
 
-    def download(
-        self, copies: Sequence[Copy], deadline: Deadline, whole: tuple[str, Path] | None = None
-    ) -> Generator[Copy, None, None]:
-        """With `whole`, one wildcard `cp` of the folder (it spares s5cmd a HEAD request per
-        object) plus `cp --raw` for the keys it excludes. Wildcard copies follow `..` in keys
-        out of their target (s5cmd 2.3 writes `data/../../x` two levels up): every key holding
-        `..` is excluded from it."""
+    def download(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
         if not copies:
             return
-        lines = []
-        if whole is not None and not any(c in whole[0] for c in GLOB_CHARS):
-            prefix, root = whole
-            src = f"s3://{self.bucket}/{folder(prefix)}*"
-            lines.append(command_line("cp", "--exclude", "*..*", src, f"{root}/"))
-            explicit = [c for c in copies if ".." in c.key]
-        else:
-            whole, explicit = None, list(copies)
-        lines += [
-            command_line("cp", "--raw", f"s3://{self.bucket}/{c.key}", str(c.path))
-            for c in explicit
-        ]
         by_dest = {str(c.path): c for c in copies}
-        yield from self._run(
-            lines, by_dest, deadline, f"downloading from s3://{self.bucket}/", whole is not None
-        )
+        lines = [
+            command_line("cp", "--raw", f"s3://{self.bucket}/{c.key}", str(c.path)) for c in copies
+        ]
+        done = 0
+        for dest in self._run(
+            lines, deadline, f"downloading from s3://{self.bucket}/", len(copies)
+        ):
+            if copy := by_dest.get(dest):
+                done += 1
+                yield copy
+        if done < len(copies):
+            raise NotFoundError(
+                f"{len(copies) - done} of {len(copies)} objects vanished from s3://{self.bucket}/ "
+                "while downloading",
+                "something deletes objects in the prefix: wait for it to finish, then rerun",
+            )
+
+    def download_folder(
+        self, prefix: str, root: Path, deadline: Deadline
+    ) -> Generator[Path, None, None]:
+        """One wildcard `cp` of the folder: it spares s5cmd a HEAD request per object. Wildcard
+        copies follow `..` in keys out of their target (s5cmd 2.3 writes `data/../../x` two
+        levels up): every key holding `..` is excluded."""
+        if any(c in prefix for c in GLOB_CHARS):
+            yield from super().download_folder(prefix, root, deadline)
+            return
+        src = f"s3://{self.bucket}/{folder(prefix)}*"
+        line = command_line("cp", "--exclude", "*..*", src, f"{root}/")
+        for dest in self._run([line], deadline, f"downloading from {src[:-1]}", 1):
+            yield Path(dest)
 
     def upload(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
         if not copies:
             return
-        lines = [
-            command_line("cp", "--raw", str(c.path), f"s3://{self.bucket}/{c.key}") for c in copies
-        ]
         by_dest = {f"s3://{self.bucket}/{c.key}": c for c in copies}
+        lines = [command_line("cp", "--raw", str(c.path), dest) for dest, c in by_dest.items()]
         try:
-            yield from self._run(
-                lines, by_dest, deadline, f"uploading to s3://{self.bucket}/", False
-            )
+            for dest in self._run(lines, deadline, f"uploading to s3://{self.bucket}/", len(lines)):
+                if copy := by_dest.get(dest):
+                    yield copy
         except AirgapError as e:
             raise upload_failure(e) from None
 
+    def stop(self) -> None:
+        super().stop()
+        for proc in list(self._procs):
+            proc.kill()
+
     def _run(
-        self,
-        lines: list[str],
-        by_dest: dict[str, Copy],
-        deadline: Deadline,
-        what: str,
-        extras: bool,
-    ) -> Generator[Copy, None, None]:
-        """Feed `lines` to one `s5cmd run`; yield each Copy as s5cmd reports it done.
-        `extras`: files a wildcard brought beyond `by_dest` are deleted. Raises the typed
-        error of the failed transfers (if any) once s5cmd exits, and a DeadlineError (after
-        killing s5cmd) when the deadline passes."""
+        self, lines: list[str], deadline: Deadline, what: str, total: int
+    ) -> Generator[str, None, None]:
+        """Feed `lines` to one `s5cmd run`; yield the destination of each transfer as s5cmd
+        reports it done. Raises the typed error of the failed transfers (if any) once s5cmd
+        exits, and a DeadlineError (after killing s5cmd) when the deadline passes."""
         proc = subprocess.Popen(
             self._argv(self.s5cmd_workers, "run"),
             stdin=subprocess.PIPE,
@@ -258,6 +265,7 @@ class S5cmdStorage(Boto3Storage):
             text=True,
             env=self._env,
         )
+        self._procs.add(proc)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         stderr: list[str] = []
         threads = [
@@ -275,36 +283,30 @@ class S5cmdStorage(Boto3Storage):
         timer = threading.Timer(deadline.remaining(), expire)
         timer.start()
         noise: list[str] = []  # stdout lines that are not successes: errors, SDK warnings
-        done = 0
         try:
             for line in proc.stdout:
                 msg = next(messages([line]), None)
                 if msg is None or not msg.get("success"):
                     noise.append(line)
                     continue
-                dest = str(msg.get("destination", ""))
-                if copy := by_dest.get(dest):
-                    done += 1
-                    yield copy
-                elif extras:  # brought by the wildcard, but not wanted (already in place)
-                    Path(dest).unlink(missing_ok=True)
+                yield str(msg.get("destination", ""))
             proc.wait()
         finally:
             timer.cancel()
             if proc.poll() is None:  # interrupted (SIGTERM) or the consumer failed
                 proc.kill()
                 proc.wait()
+            self._procs.discard(proc)
             for t in threads:
                 t.join(5)
         if timed_out.is_set():
             raise deadline.error(what)
         if proc.returncode != 0:
-            raise self._failure("".join(noise + stderr), what, len(by_dest), proc.returncode)
-        if done < len(by_dest):
-            raise NotFoundError(
-                f"{len(by_dest) - done} of {len(by_dest)} objects vanished while {what}",
-                "something deletes objects in the prefix: wait for it to finish, then rerun",
-            )
+            output = "".join(noise + stderr)
+            errors = error_lines(output)
+            if errors and all(_NO_OBJECT in e for e in errors):
+                return  # a wildcard that matched nothing: an empty folder
+            raise self._failure(output, what, total, proc.returncode)
 
 
 def _feed(stdin: IO[str], lines: list[str]) -> None:

@@ -85,14 +85,24 @@ class Storage(Protocol):
     def list_folder(self, prefix: str, deadline: Deadline) -> list[S3Object]: ...
 
     def download(
-        self, copies: Sequence[Copy], deadline: Deadline, whole: tuple[str, Path] | None = None
-    ) -> Generator[Copy, None, None]:
-        """`whole` = (prefix, root), every copy's path being `root/<key below prefix>`: the
-        caller wants (nearly) the whole folder, which the engine may copy in one go (files it
-        brings beyond `copies` are deleted)."""
+        self, copies: Sequence[Copy], deadline: Deadline
+    ) -> Generator[Copy, None, None]: ...
+
+    def download_folder(
+        self, prefix: str, root: Path, deadline: Deadline
+    ) -> Generator[Path, None, None]:
+        """Every object below the folder into `root/<key below prefix>`, each path yielded as
+        it lands; keys holding `..` or not plain relative paths are skipped (never written
+        outside root): fetch them, if wanted, with `download`. One listing fewer than
+        list + download for a caller that wants (nearly) the whole folder."""
         ...
 
     def upload(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]: ...
+
+    def stop(self) -> None:
+        """Stop every transfer still running (from any thread): their iterators then end
+        with whatever error the engine reports."""
+        ...
 
     # Single small objects (manifests): no bulk engine pays off for these.
     def read_object(self, key: str, deadline: Deadline | None = None) -> bytes | None:

@@ -86,5 +86,6 @@ def main(argv: list[str], prog: str = "airgap-eval sync", command: str = "sync")
 
 
 def _stuck_workers() -> bool:
+    # Daemon or not: interpreter exit also joins every thread-pool worker.
     main = threading.main_thread()
-    return any(t.is_alive() and not t.daemon and t is not main for t in threading.enumerate())
+    return any(t.is_alive() and t is not main for t in threading.enumerate())

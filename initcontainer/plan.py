@@ -11,7 +11,7 @@ from common.errors import ConfigError, IntegrityError, UnsafePathError
 from common.layout import MANIFEST_NAME, STATE_DIR_NAME, validate_relative_key
 from common.manifest import Manifest
 from common.storage import Copy, S3Object
-from initcontainer.state import PARTIAL_NAME, SyncState, state_dir
+from initcontainer.state import SyncState, partial_root
 
 
 @dataclass(slots=True)
@@ -55,7 +55,7 @@ def check_keys(objects: list[S3Object], dest: Path) -> SyncPlan:
     Runs before dest is even created: a bad key means nothing is written at all.
     """
     root = dest.resolve()
-    partial_root = state_dir(root) / PARTIAL_NAME
+    partial = partial_root(root)
     items: list[Item] = []
     dirs: list[Path] = []
     names: set[str] = set()  # every rel, without a trailing '/'
@@ -82,7 +82,7 @@ def check_keys(objects: list[S3Object], dest: Path) -> SyncPlan:
                 )
             dirs.append(path)
         else:
-            items.append(Item(obj.key, obj.rel, obj.size, obj.etag, path, partial_root / obj.rel))
+            items.append(Item(obj.key, obj.rel, obj.size, obj.etag, path, partial / obj.rel))
     if root.exists():  # a fresh dest holds no symlink to escape through
         _refuse_symlink_escapes(root, [*(i.path for i in items), *dirs], objects)
     _refuse_file_dir_clashes(items, names)

@@ -27,6 +27,11 @@ def state_dir(dest: Path) -> Path:
     return dest / STATE_DIR_NAME
 
 
+def partial_root(dest: Path) -> Path:
+    """Where downloads land before they are checked (resolved: paths compare equal)."""
+    return state_dir(dest.resolve()) / PARTIAL_NAME
+
+
 def status_path(dest: Path) -> Path:
     return state_dir(dest) / SYNC_STATUS_NAME
 

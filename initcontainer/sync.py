@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from common.manifest import HASH_WORKERS, Manifest, hash_files, sha256_file
 from common.storage import Deadline, S3Object, Storage, folder, open_storage
 from initcontainer.config import SyncConfig
 from initcontainer.plan import Item, SyncPlan, apply_manifest, check_keys, decide
-from initcontainer.state import PARTIAL_NAME, SyncState, state_dir
+from initcontainer.state import SyncState, partial_root
 
 log = logging.getLogger("airgap-eval.sync")
 # Files below this size are hashed by the thread reading s5cmd's output: handing a 10 KB file
@@ -122,17 +124,31 @@ def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
     log.info("syncing %s -> %s (engine %s)", cfg.source, cfg.dest, storage.label)
 
     state = SyncState.load(cfg.dest)
-    objects, manifest_body = _list(cfg, state, storage, deadline)
-    plan = check_keys(objects, cfg.dest)
-    if not plan.items:
-        raise NotFoundError(
-            f"no objects under {cfg.source} (the prefix is matched as a folder)",
-            "check TEST_DATA_S3_BUCKET / TEST_DATA_S3_KEY (or --bucket / --prefix); "
-            f"`aws s3 ls s3://{cfg.bucket}/` shows what is there",
-        )
-    result.files, result.bytes = len(plan.items), plan.total_bytes
+    prefetch = None
     try:
-        _sync_plan(cfg, plan, state, storage, deadline, manifest_body, result)
+        if _fresh(cfg.dest):
+            partial_root(cfg.dest).mkdir(parents=True, exist_ok=True)
+            prefetch = _Prefetch(storage, cfg.prefix, partial_root(cfg.dest), deadline)
+        try:
+            objects, manifest_body = _list(cfg, state, storage, deadline)
+            plan = check_keys(objects, cfg.dest)
+            if not plan.items:
+                raise NotFoundError(
+                    f"no objects under {cfg.source} (the prefix is matched as a folder)",
+                    "check TEST_DATA_S3_BUCKET / TEST_DATA_S3_KEY (or --bucket / --prefix); "
+                    f"`aws s3 ls s3://{cfg.bucket}/` shows what is there",
+                )
+        except BaseException:
+            if prefetch is not None:  # nothing was placed: drop what the copy brought
+                prefetch.stop()
+                shutil.rmtree(partial_root(cfg.dest), ignore_errors=True)
+            raise
+        result.files, result.bytes = len(plan.items), plan.total_bytes
+        try:
+            _sync_plan(cfg, plan, state, storage, deadline, manifest_body, result, prefetch)
+        except BaseException:
+            storage.stop()  # a copy still running (SIGTERM, a failed check) ends with us
+            raise
     except OSError as e:
         raise ConfigError(
             f"cannot write {e.filename or cfg.dest}: {e.strerror or e}",
@@ -187,6 +203,7 @@ def _sync_plan(
     deadline: Deadline,
     manifest_body: bytes | None,
     result: SyncResult,
+    prefetch: _Prefetch | None,
 ) -> None:
     cfg.dest.mkdir(parents=True, exist_ok=True)
     lander = _Lander(state, result)
@@ -205,23 +222,97 @@ def _sync_plan(
             sum(i.size for i in fetching) / 1e6,
         )  # fmt: skip
         lander.progress = Progress("sync", len(plan.fetch), fetch_bytes, logger=log)
-        by_copy = {i.download: i for i in plan.fetch}
-        whole = None
-        if _mostly(plan.fetch, plan.items):
-            whole = (cfg.prefix, state_dir(cfg.dest) / PARTIAL_NAME)
-        downloads = storage.download(list(by_copy), deadline, whole)
         try:
-            for copy in downloads:
-                lander.land(by_copy[copy])
+            _fetch(cfg, plan, storage, deadline, lander, prefetch)
         finally:
-            downloads.close()  # stops s5cmd when the consumer failed
             lander.progress.close()
             lander.finish()
         for d in plan.dirs:
             d.mkdir(parents=True, exist_ok=True)
     finally:
         state.compact(keep={i.rel for i in plan.items})
-    shutil.rmtree(state_dir(cfg.dest) / PARTIAL_NAME, ignore_errors=True)
+    shutil.rmtree(partial_root(cfg.dest), ignore_errors=True)
+
+
+def _fetch(
+    cfg: SyncConfig,
+    plan: SyncPlan,
+    storage: Storage,
+    deadline: Deadline,
+    lander: _Lander,
+    prefetch: _Prefetch | None,
+) -> None:
+    """Copy the whole folder when (nearly) all of it is wanted, deleting what it brings that
+    is already in place; fetch the rest (keys holding `..`, objects listed after the copy's
+    own listing, or everything when only a few files are missing) one by one."""
+    wanted = {i.partial: i for i in plan.fetch}
+    if prefetch is None and _mostly(plan.fetch, plan.items):
+        prefetch = _Prefetch(storage, cfg.prefix, partial_root(cfg.dest), deadline)
+    if prefetch is not None:
+        for path in prefetch:
+            if (item := wanted.pop(path, None)) is not None:
+                lander.land(item)
+            else:  # already in place (the manifest, a rerun's files)
+                path.unlink(missing_ok=True)
+    rest = [i.download for i in wanted.values()]
+    by_copy = {i.download: i for i in wanted.values()}
+    downloads = storage.download(rest, deadline)
+    try:
+        for copy in downloads:
+            lander.land(by_copy[copy])
+    finally:
+        downloads.close()
+
+
+def _fresh(dest: Path) -> bool:
+    """Nothing there yet: every file will be fetched, so the copy can start at once."""
+    try:
+        return not any(dest.iterdir())
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # not a dir, not readable: the usual path reports it
+
+
+class _Prefetch:
+    """A whole-folder copy run in a thread, so that s5cmd never waits on a full pipe while
+    the caller works; on a fresh dest it starts before the listing is even checked (files
+    land only in the private partial/ dir, and no key holding `..` is copied)."""
+
+    _DONE = object()
+
+    def __init__(self, storage: Storage, prefix: str, root: Path, deadline: Deadline) -> None:
+        self.storage = storage
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        paths = storage.download_folder(prefix, root, deadline)
+        self._thread = threading.Thread(target=self._run, args=(paths,), daemon=True)
+        self._thread.start()
+
+    def _run(self, paths: Iterator[Path]) -> None:
+        try:
+            for path in paths:
+                self._queue.put(path)
+        except BaseException as e:
+            self._queue.put(e)
+            return
+        self._queue.put(self._DONE)
+
+    def __iter__(self) -> Iterator[Path]:
+        while True:
+            try:
+                got = self._queue.get(timeout=0.5)  # a timeout: signals (SIGTERM) get through
+            except queue.Empty:
+                continue
+            if got is self._DONE:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            assert isinstance(got, Path)
+            yield got
+
+    def stop(self) -> None:
+        self.storage.stop()
+        self._thread.join(10)
 
 
 def _mostly(items: list[Item], everything: list[Item]) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import AuthError, ConfigError, NotFoundError
+from common.errors import AirgapError, AuthError, ConfigError, NotFoundError
 from common.storage import Copy, Deadline, open_storage, parse_s3_uri
 from testbed.localservers import SeaweedS3
 
@@ -56,17 +56,35 @@ def test_upload_list_download_round_trip(
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_whole_folder_download_brings_only_what_was_asked(
+def test_download_folder_yields_each_file_as_it_lands(
     s3_server: SeaweedS3, bucket: str, tmp_path: Path, engine: str
 ) -> None:
     storage = open_storage(s3_server.connection(), bucket, engine, 8)  # type: ignore[arg-type]
-    for name in ("a.txt", "b.txt", "c.txt"):
+    for name in ("a.txt", "sub/b.txt", "sp ace*.txt"):
         storage.write_object(f"w/{name}", name.encode())
+    storage.write_object("w-sibling/x.txt", b"x")  # a folder, not a string prefix
     root = tmp_path / "partial"
-    wanted = [Copy("w/a.txt", root / "a.txt"), Copy("w/c.txt", root / "c.txt")]
-    got = list(storage.download(wanted, _deadline(), whole=("w", root)))
-    assert sorted(c.key for c in got) == ["w/a.txt", "w/c.txt"]
-    assert sorted(p.name for p in root.iterdir()) == ["a.txt", "c.txt"]
+    got = sorted(
+        p.relative_to(root).as_posix() for p in storage.download_folder("w", root, _deadline())
+    )
+    assert got == ["a.txt", "sp ace*.txt", "sub/b.txt"]
+    assert {p: (root / p).read_bytes() for p in got} == {p: p.encode() for p in got}
+    assert list(storage.download_folder("empty", tmp_path / "e", _deadline())) == []
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_stop_ends_a_running_transfer(
+    s3_server: SeaweedS3, bucket: str, tmp_path: Path, engine: str
+) -> None:
+    storage = open_storage(s3_server.connection(), bucket, engine, 1)  # type: ignore[arg-type]
+    for i in range(20):
+        storage.write_object(f"s/{i:02d}.bin", os.urandom(200_000))
+    paths = storage.download_folder("s", tmp_path / "p", _deadline())
+    next(paths)
+    storage.stop()
+    with pytest.raises(AirgapError):
+        for _ in paths:
+            pass
 
 
 @pytest.mark.parametrize("engine", ENGINES)
