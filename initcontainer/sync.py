@@ -167,7 +167,7 @@ def _list(
     cfg: SyncConfig, state: SyncState, storage: Storage, deadline: Deadline
 ) -> tuple[list[S3Object], bytes | None]:
     """The listing, and manifest.json's bytes read at the same time: a fresh sync does not
-    wait for a second round trip. Nothing is written before the keys are checked."""
+    wait for a second round trip. Nothing is placed before the keys are checked."""
     if _manifest_in_place(cfg, state):
         return storage.list_folder(cfg.prefix, deadline), None
     key = folder(cfg.prefix) + MANIFEST_NAME
