@@ -11,7 +11,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,20 +63,29 @@ class _Lander:
         self._lock = threading.Lock()
         self._made: set[Path] = set()  # parent dirs known to exist
 
-    def land(self, item: Item) -> None:
-        if item.sha256 is None or item.size < _INLINE_HASH_BYTES:
+    def land(self, item: Item, digest: Future[str] | None = None) -> None:
+        """`digest`: the file's sha256 already being computed (hashed as it landed)."""
+        if item.sha256 is None or (digest is None and item.size < _INLINE_HASH_BYTES):
             self.place(item)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
-        self._pending.append(self._pool.submit(self.place, item))
+        elif digest is not None and digest.done():
+            self.place(item, digest.result())
+        elif digest is not None:  # placed by the hashing thread once its digest is ready
+            placed: Future[None] = Future()
+            digest.add_done_callback(
+                lambda d: _settle(placed, lambda: self.place(item, d.result()))
+            )
+            self._pending.append(placed)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
+            self._pending.append(self._pool.submit(self.place, item))
 
-    def place(self, item: Item) -> None:
+    def place(self, item: Item, digest: str | None = None) -> None:
         size = os.stat(item.partial).st_size
-        problem = digest = None
+        problem = None
         if size != item.size:
             problem = f"{item.rel}: downloaded {size} bytes, the listing says {item.size}"
-        elif item.sha256 and (digest := sha256_file(item.partial)) != item.sha256:
+        elif item.sha256 and (digest := digest or sha256_file(item.partial)) != item.sha256:
             problem = f"{item.rel}: sha256 {digest} != manifest {item.sha256}"
         if problem:
             os.unlink(item.partial)
@@ -88,11 +97,11 @@ class _Lander:
             parent.mkdir(parents=True, exist_ok=True)
             self._made.add(parent)
         os.replace(item.partial, item.path)
-        self.state.record(item.rel, item.path, item.etag, digest)
+        self.state.record(item.rel, item.path, item.etag, digest if item.sha256 else None)
         with self._lock:
             self.result.downloaded_files += 1
             self.result.downloaded_bytes += size
-            self.result.verified_files += digest is not None
+            self.result.verified_files += item.sha256 is not None
         if self.progress is not None:
             self.progress.advance(1, size)
 
@@ -111,6 +120,15 @@ class _Lander:
             )
 
 
+def _settle(future: Future[None], fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except BaseException as e:
+        future.set_exception(e)
+    else:
+        future.set_result(None)
+
+
 def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
     result = result if result is not None else SyncResult()
     started = time.monotonic()
@@ -125,12 +143,15 @@ def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
 
     state = SyncState.load(cfg.dest)
     prefetch = None
+    manifest_found = threading.Event()  # files landing from now on are hashed at once
     try:
         if _fresh(cfg.dest):
             partial_root(cfg.dest).mkdir(parents=True, exist_ok=True)
-            prefetch = _Prefetch(storage, cfg.prefix, partial_root(cfg.dest), deadline)
+            prefetch = _Prefetch(
+                storage, cfg.prefix, partial_root(cfg.dest), deadline, manifest_found
+            )
         try:
-            objects, manifest_body = _list(cfg, state, storage, deadline)
+            objects, manifest_body = _list(cfg, state, storage, deadline, manifest_found)
             plan = check_keys(objects, cfg.dest)
             if not plan.items:
                 raise NotFoundError(
@@ -164,7 +185,7 @@ def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
 
 
 def _list(
-    cfg: SyncConfig, state: SyncState, storage: Storage, deadline: Deadline
+    cfg: SyncConfig, state: SyncState, storage: Storage, deadline: Deadline, found: threading.Event
 ) -> tuple[list[S3Object], bytes | None]:
     """The listing, and manifest.json's bytes read at the same time: a fresh sync does not
     wait for a second round trip. Nothing is placed before the keys are checked."""
@@ -177,6 +198,8 @@ def _list(
         # The listing decides what is wrong; a failed read is retried as a download.
         with contextlib.suppress(Exception):
             body[0] = storage.read_object(key, deadline)
+            if body[0] is not None:
+                found.set()
 
     reader = threading.Thread(target=read, name="manifest", daemon=True)
     reader.start()
@@ -247,13 +270,19 @@ def _fetch(
     own listing, or everything when only a few files are missing) one by one."""
     wanted = {i.partial: i for i in plan.fetch}
     if prefetch is None and _mostly(plan.fetch, plan.items):
-        prefetch = _Prefetch(storage, cfg.prefix, partial_root(cfg.dest), deadline)
+        hashing = threading.Event()
+        if any(i.sha256 for i in plan.fetch):
+            hashing.set()
+        prefetch = _Prefetch(storage, cfg.prefix, partial_root(cfg.dest), deadline, hashing)
     if prefetch is not None:
-        for path in prefetch:
-            if (item := wanted.pop(path, None)) is not None:
-                lander.land(item)
-            else:  # already in place (the manifest, a rerun's files)
-                path.unlink(missing_ok=True)
+        try:
+            for path, digest in prefetch:
+                if (item := wanted.pop(path, None)) is not None:
+                    lander.land(item, digest)
+                else:  # already in place (the manifest, a rerun's files)
+                    path.unlink(missing_ok=True)
+        finally:
+            prefetch.close()
     rest = [i.download for i in wanted.values()]
     by_copy = {i.download: i for i in wanted.values()}
     downloads = storage.download(rest, deadline)
@@ -277,12 +306,21 @@ def _fresh(dest: Path) -> bool:
 class _Prefetch:
     """A whole-folder copy run in a thread, so that s5cmd never waits on a full pipe while
     the caller works; on a fresh dest it starts before the listing is even checked (files
-    land only in the private partial/ dir, and no key holding `..` is copied)."""
+    land only in the private partial/ dir, and no key holding `..` is copied). Once `hashing`
+    is set (a manifest exists), each file is hashed as it lands, before the caller asks."""
 
     _DONE = object()
 
-    def __init__(self, storage: Storage, prefix: str, root: Path, deadline: Deadline) -> None:
-        self.storage = storage
+    def __init__(
+        self,
+        storage: Storage,
+        prefix: str,
+        root: Path,
+        deadline: Deadline,
+        hashing: threading.Event,
+    ) -> None:
+        self.storage, self.hashing = storage, hashing
+        self._hasher = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         paths = storage.download_folder(prefix, root, deadline)
         self._thread = threading.Thread(target=self._run, args=(paths,), daemon=True)
@@ -291,13 +329,14 @@ class _Prefetch:
     def _run(self, paths: Iterator[Path]) -> None:
         try:
             for path in paths:
-                self._queue.put(path)
+                digest = self._hasher.submit(sha256_file, path) if self.hashing.is_set() else None
+                self._queue.put((path, digest))
         except BaseException as e:
             self._queue.put(e)
             return
         self._queue.put(self._DONE)
 
-    def __iter__(self) -> Iterator[Path]:
+    def __iter__(self) -> Iterator[tuple[Path, Future[str] | None]]:
         while True:
             try:
                 got = self._queue.get(timeout=0.5)  # a timeout: signals (SIGTERM) get through
@@ -307,12 +346,16 @@ class _Prefetch:
                 return
             if isinstance(got, BaseException):
                 raise got
-            assert isinstance(got, Path)
-            yield got
+            yield got  # type: ignore[misc]
+
+    def close(self) -> None:
+        """After the last file: digests still running finish (the lander waits for them)."""
+        self._hasher.shutdown(wait=False)
 
     def stop(self) -> None:
         self.storage.stop()
         self._thread.join(10)
+        self._hasher.shutdown(wait=False, cancel_futures=True)
 
 
 def _mostly(items: list[Item], everything: list[Item]) -> bool:
