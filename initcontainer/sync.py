@@ -7,11 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +21,10 @@ from common.errors import ConfigError, IntegrityError, NotFoundError
 from common.layout import MANIFEST_NAME
 from common.logs import Progress
 from common.manifest import HASH_WORKERS, Manifest, hash_files, sha256_file
-from common.storage import Deadline, S3Object, Storage, folder, open_storage
+from common.storage import Deadline, S3Object, Storage, folder
 from initcontainer.config import SyncConfig
 from initcontainer.plan import Item, SyncPlan, apply_manifest, check_keys, decide
+from initcontainer.prefetch import Prefetch, Start, begin
 from initcontainer.state import SyncState, partial_root
 
 log = logging.getLogger("airgap-eval.sync")
@@ -129,29 +129,20 @@ def _settle(future: Future[None], fn: Callable[[], None]) -> None:
         future.set_result(None)
 
 
-def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
+def sync(
+    cfg: SyncConfig, result: SyncResult | None = None, start: Start | None = None
+) -> SyncResult:
+    """`start`: what `prefetch.begin(cfg)` already set going (the CLI calls it early)."""
     result = result if result is not None else SyncResult()
     started = time.monotonic()
-    deadline = Deadline(
-        cfg.timeout_s,
-        "raise TEST_DATA_S3_TIMEOUT (e.g. 30m) or check the network path to S3; "
-        "a rerun keeps the files already in place",
-    )
-    storage = open_storage(cfg.conn, cfg.bucket, cfg.engine, cfg.workers)
-    result.engine = storage.engine
-    log.info("syncing %s -> %s (engine %s)", cfg.source, cfg.dest, storage.label)
-
-    state = SyncState.load(cfg.dest)
-    prefetch = None
-    manifest_found = threading.Event()  # files landing from now on are hashed at once
     try:
-        if _fresh(cfg.dest):
-            partial_root(cfg.dest).mkdir(parents=True, exist_ok=True)
-            prefetch = _Prefetch(
-                storage, cfg.prefix, partial_root(cfg.dest), deadline, manifest_found
-            )
+        start = start or begin(cfg)
+        storage, deadline, prefetch = start.storage, start.deadline, start.prefetch
+        result.engine = storage.engine
+        log.info("syncing %s -> %s (engine %s)", cfg.source, cfg.dest, storage.label)
+        state = SyncState.load(cfg.dest)
         try:
-            objects, manifest_body = _list(cfg, state, storage, deadline, manifest_found)
+            objects, manifest_body = _list(cfg, state, storage, deadline, start.manifest_found)
             plan = check_keys(objects, cfg.dest)
             if not plan.items:
                 raise NotFoundError(
@@ -226,7 +217,7 @@ def _sync_plan(
     deadline: Deadline,
     manifest_body: bytes | None,
     result: SyncResult,
-    prefetch: _Prefetch | None,
+    prefetch: Prefetch | None,
 ) -> None:
     cfg.dest.mkdir(parents=True, exist_ok=True)
     lander = _Lander(state, result)
@@ -263,7 +254,7 @@ def _fetch(
     storage: Storage,
     deadline: Deadline,
     lander: _Lander,
-    prefetch: _Prefetch | None,
+    prefetch: Prefetch | None,
 ) -> None:
     """Copy the whole folder when (nearly) all of it is wanted, deleting what it brings that
     is already in place; fetch the rest (keys holding `..`, objects listed after the copy's
@@ -273,7 +264,7 @@ def _fetch(
         hashing = threading.Event()
         if any(i.sha256 for i in plan.fetch):
             hashing.set()
-        prefetch = _Prefetch(storage, cfg.prefix, partial_root(cfg.dest), deadline, hashing)
+        prefetch = Prefetch(storage, cfg.prefix, partial_root(cfg.dest), deadline, hashing)
     if prefetch is not None:
         try:
             for path, digest in prefetch:
@@ -291,71 +282,6 @@ def _fetch(
             lander.land(by_copy[copy])
     finally:
         downloads.close()
-
-
-def _fresh(dest: Path) -> bool:
-    """Nothing there yet: every file will be fetched, so the copy can start at once."""
-    try:
-        return not any(dest.iterdir())
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False  # not a dir, not readable: the usual path reports it
-
-
-class _Prefetch:
-    """A whole-folder copy run in a thread, so that s5cmd never waits on a full pipe while
-    the caller works; on a fresh dest it starts before the listing is even checked (files
-    land only in the private partial/ dir, and no key holding `..` is copied). Once `hashing`
-    is set (a manifest exists), each file is hashed as it lands, before the caller asks."""
-
-    _DONE = object()
-
-    def __init__(
-        self,
-        storage: Storage,
-        prefix: str,
-        root: Path,
-        deadline: Deadline,
-        hashing: threading.Event,
-    ) -> None:
-        self.storage, self.hashing = storage, hashing
-        self._hasher = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        paths = storage.download_folder(prefix, root, deadline)
-        self._thread = threading.Thread(target=self._run, args=(paths,), daemon=True)
-        self._thread.start()
-
-    def _run(self, paths: Iterator[Path]) -> None:
-        try:
-            for path in paths:
-                digest = self._hasher.submit(sha256_file, path) if self.hashing.is_set() else None
-                self._queue.put((path, digest))
-        except BaseException as e:
-            self._queue.put(e)
-            return
-        self._queue.put(self._DONE)
-
-    def __iter__(self) -> Iterator[tuple[Path, Future[str] | None]]:
-        while True:
-            try:
-                got = self._queue.get(timeout=0.5)  # a timeout: signals (SIGTERM) get through
-            except queue.Empty:
-                continue
-            if got is self._DONE:
-                return
-            if isinstance(got, BaseException):
-                raise got
-            yield got  # type: ignore[misc]
-
-    def close(self) -> None:
-        """After the last file: digests still running finish (the lander waits for them)."""
-        self._hasher.shutdown(wait=False)
-
-    def stop(self) -> None:
-        self.storage.stop()
-        self._thread.join(10)
-        self._hasher.shutdown(wait=False, cancel_futures=True)
 
 
 def _mostly(items: list[Item], everything: list[Item]) -> bool:
