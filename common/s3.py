@@ -117,6 +117,9 @@ class Boto3Storage:
         self._s3: Any = None
         self._cancels: set[threading.Event] = set()
 
+    def connect(self) -> None:
+        self.s3  # noqa: B018 (creates the client)
+
     def stop(self) -> None:
         for cancel in list(self._cancels):
             cancel.set()

@@ -104,6 +104,12 @@ class Storage(Protocol):
         with whatever error the engine reports."""
         ...
 
+    def connect(self) -> None:
+        """Pay now for what single-object calls need (boto3's import and client, ~0.3 s on a
+        loaded 2-core box): a caller with idle time before its critical path (the sidecar
+        while the adapter runs) calls this."""
+        ...
+
     # Single small objects (manifests): no bulk engine pays off for these.
     def read_object(self, key: str, deadline: Deadline | None = None) -> bytes | None:
         """The object's bytes, None when there is no such key."""

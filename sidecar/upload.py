@@ -163,6 +163,7 @@ class Uploader:
         """While the adapter runs: pay for the client and the remote manifest now, not after
         the terminal status. S3 being down here is no error: the final pass retries."""
         try:
+            self.storage.connect()
             self.remote = self._load_remote()
         except AirgapError as e:
             log.debug("S3 not ready yet: %s", e.one_line())
