@@ -107,7 +107,7 @@ class Storage(Protocol):
     def connect(self) -> None:
         """Pay now for what single-object calls need (boto3's import and client, ~0.3 s on a
         loaded 2-core box): a caller with idle time before its critical path (the sidecar
-        while the adapter runs) calls this."""
+        while the adapter runs) calls this. Listings and reads then use the client too."""
         ...
 
     # Single small objects (manifests): no bulk engine pays off for these.
