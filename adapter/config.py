@@ -1,4 +1,12 @@
-"""The one place run settings are resolved: flags > job spec > env > defaults."""
+"""The one place run settings are resolved: flags > env > job spec > secret files > defaults.
+
+Two steps, both here: `resolve` reads the flags and the environment (where the results go,
+where the data lies: known before anything can fail with a status record), then
+`prepare_job` reads the job spec once and freezes everything the run needs into a `RunConfig`
+(spec, parameters, task names, index path, debug, API key). Flags override spec fields
+(`--tasks`, `--model-url`, `--param`); env settings beat the spec's (`AIRGAP_EVAL_CACHE_DIR`
+over `parameters.cache_dir`, `OPENAI_API_KEY` over the model auth secret file).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +15,25 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from adapter.parameters import RunParameters, parse_parameters, task_names
 from common.errors import ConfigError
+from common.jobspec import STANDALONE_DEFAULTS, parse_job_spec, read_spec_file
 from common.layout import DEFAULT_RESULTS, DEFAULT_TEST_DATA
+
+if TYPE_CHECKING:
+    from evalhub.adapter import JobSpec
 
 DEFAULT_JOB_SPEC = Path("/meta/job.json")  # where EvalHub mounts it (k8s mode)
 
 
-@dataclass
-class RunConfig:
+@dataclass(frozen=True)
+class Settings:
+    """From the flags and the environment."""
+
     job_spec: Path | None  # None: the spec is built from --model-url/--tasks
     overrides: dict[str, Any]  # spec fields and parameters given as flags
     test_data: Path
@@ -30,7 +45,8 @@ class RunConfig:
     terminal_events: str  # adapter | sidecar
     wait_uploaded_s: float
     heartbeat_s: float
-    verbose: bool
+    online_timeout_s: float  # online mode: the most a Hub fetch (the tokenizer) may take
+    verbose: bool  # --verbose or AIRGAP_EVAL_DEBUG
 
     def request_cache_dir(self, spec_cache_dir: str | None) -> Path:
         if self.cache_dir is not None:
@@ -64,7 +80,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    help="build the task index (image build time) and exit")
     p.add_argument("--offline", choices=["auto", "on", "off"],
                    help="offline mode (env AIRGAP_EVAL_OFFLINE; default auto: on when the "
-                   "test data holds a manifest or bundles)")
+                   "test data holds a manifest or bundles; a test-data dir that does not exist "
+                   "is an error unless off)")
     p.add_argument("--terminal-events", choices=["adapter", "sidecar"],
                    help="who sends EvalHub's completed/failed event "
                    "(env AIRGAP_EVAL_TERMINAL_EVENTS; default adapter)")
@@ -100,7 +117,7 @@ def _pick(env: Mapping[str, str], flag: Any, var: str, default: Any) -> Any:
     return env.get(var) or default
 
 
-def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
+def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     overrides: dict[str, Any] = {"parameters": dict(_param(p) for p in args.param)}
     if args.tasks:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -129,13 +146,16 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
                                  ("AIRGAP_EVAL_OFFLINE", offline, ("auto", "on", "off"))):
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not one of {allowed}", f"set {name} correctly")
-    try:
-        wait = float(_pick(env, args.wait_uploaded, "AIRGAP_EVAL_WAIT_UPLOADED", 60))
-    except ValueError:
-        raise ConfigError("AIRGAP_EVAL_WAIT_UPLOADED is not a number", "set seconds, e.g. 60") from None
+    seconds = {}
+    for var, flag, default in (("AIRGAP_EVAL_WAIT_UPLOADED", args.wait_uploaded, 60),
+                               ("AIRGAP_EVAL_ONLINE_TIMEOUT", None, 60)):
+        try:
+            seconds[var] = float(_pick(env, flag, var, default))
+        except ValueError:
+            raise ConfigError(f"{var} is not a number", "set seconds, e.g. 60") from None
     cache = _pick(env, args.cache_dir, "AIRGAP_EVAL_CACHE_DIR", None)
     index = _pick(env, args.task_index, "AIRGAP_EVAL_TASK_INDEX", None)
-    return RunConfig(
+    return Settings(
         job_spec=Path(job_spec) if job_spec else None,
         overrides=overrides,
         test_data=Path(_pick(env, args.test_data, "AIRGAP_EVAL_TEST_DATA", DEFAULT_TEST_DATA)),
@@ -146,9 +166,10 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         task_index=Path(index) if index else None,
         offline=offline,
         terminal_events=terminal,
-        wait_uploaded_s=wait,
+        wait_uploaded_s=seconds["AIRGAP_EVAL_WAIT_UPLOADED"],
         heartbeat_s=args.heartbeat,
-        verbose=args.verbose or bool(os.environ.get("AIRGAP_EVAL_DEBUG")),
+        online_timeout_s=seconds["AIRGAP_EVAL_ONLINE_TIMEOUT"],
+        verbose=args.verbose or bool(env.get("AIRGAP_EVAL_DEBUG")),
     )
 
 
@@ -163,3 +184,80 @@ def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         else:
             out[key] = value
     return out
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs, resolved once (`prepare_job`); the steps only read it."""
+
+    settings: Settings
+    spec: JobSpec
+    params: RunParameters
+    tasks: tuple[str, ...]
+    include_path: tuple[Path, ...]
+    api_key: str | None = field(repr=False)
+
+    @property
+    def task_index(self) -> Path | None:
+        return self.settings.task_index
+
+    @property
+    def debug(self) -> bool:
+        return self.settings.verbose
+
+
+def read_job(settings: Settings) -> tuple[dict[str, Any], RunParameters, list[str]]:
+    """The spec's JSON with the flag overrides, its parameters and task names: light (no
+    eval-hub-sdk), so a bad spec fails before anything heavy is imported."""
+    data = read_spec_file(settings.job_spec) if settings.job_spec else {"id": "local"}
+    data = merge_overrides(data, settings.overrides)
+    raw = data.get("parameters")
+    params = parse_parameters(raw if isinstance(raw, dict) else {})
+    model = data.get("model")
+    if not (isinstance(model, dict) and model.get("url")):
+        raise ConfigError("job spec has no model.url", "set model.url (or --model-url)")
+    benchmark = data.get("benchmark_id")
+    return data, params, task_names(benchmark if isinstance(benchmark, str) else None, params)
+
+
+def prepare_job(
+    settings: Settings, data: dict[str, Any], params: RunParameters, tasks: list[str],
+    env: Mapping[str, str],
+) -> RunConfig:
+    spec = parse_job_spec(data, f"job spec {settings.job_spec or '(from flags)'}")
+    return RunConfig(
+        settings=settings,
+        spec=spec,
+        params=params,
+        tasks=tuple(tasks),
+        include_path=tuple(Path(p) for p in params.include_path or []),
+        api_key=model_api_key(settings, data, spec, env),
+    )
+
+
+def model_api_key(
+    settings: Settings, data: dict[str, Any], spec: JobSpec, env: Mapping[str, str]
+) -> str | None:
+    """OPENAI_API_KEY, else the `api-key` file of the SDK's model auth secret dir."""
+    from evalhub.adapter.auth import resolve_model_credentials
+
+    # The SDK finds model.auth by reading the spec file at EVALHUB_JOB_SPEC_PATH. The file
+    # we read serves when the SDK's strict parse accepts it; a stand-alone spec with
+    # model.auth lacks fields the SDK requires, so only then is a complete copy written.
+    if spec.model.auth is not None and (
+        settings.job_spec is None or any(k not in data for k in STANDALONE_DEFAULTS)
+    ):
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
+        complete = settings.work_dir / "job.json"
+        complete.write_text(spec.model_dump_json())
+        os.environ["EVALHUB_JOB_SPEC_PATH"] = str(complete)
+    elif settings.job_spec is not None:
+        os.environ["EVALHUB_JOB_SPEC_PATH"] = str(settings.job_spec)
+    try:
+        creds = resolve_model_credentials()
+    except ValueError as e:
+        raise ConfigError(f"model auth: {e}", "fix model.auth.secret_ref in the job spec") from None
+    if creds.ca_cert_path is not None:
+        os.environ.setdefault("SSL_CERT_FILE", str(creds.ca_cert_path))
+        os.environ.setdefault("REQUESTS_CA_BUNDLE", str(creds.ca_cert_path))
+    return env.get("OPENAI_API_KEY") or creds.api_key or None

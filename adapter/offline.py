@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import MissingDataError
 from common.layout import BUNDLE_MARKER, MANIFEST_NAME
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,18 @@ def detect(test_data: Path, tokenizer: str | None = None) -> Layout:
         if tok.is_absolute() and tok.is_relative_to(test_data) and _has_bundle(tok.parent):
             return Layout(True, f"tokenizer {tok} lies beside a dataset bundle")
     return Layout(False, f"no {MANIFEST_NAME} or dataset bundle under {test_data}")
+
+
+def refuse_missing_test_data(test_data: Path, mode: str) -> None:
+    """Online only where asked: a test-data dir that does not exist is a wrong mount or path,
+    not a request to fetch everything from the Hub."""
+    if mode != "off" and not test_data.is_dir():
+        raise MissingDataError(
+            f"test data dir {test_data} does not exist",
+            "mount or sync the staged tree there (or pass --test-data DIR / set "
+            "AIRGAP_EVAL_TEST_DATA); to run online from the Hugging Face Hub instead, pass "
+            "--offline off",
+        )
 
 
 def offline_env(test_data: Path, work_dir: Path, allow_code: bool) -> dict[str, str]:

@@ -10,13 +10,17 @@ the `airgap-eval stage` command that fixes it.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapter.datacheck import (
     TOKENIZER_ITEM,
+    Item,
     TreeCheck,
     find_bundles,
     read_bundles,
@@ -70,34 +74,55 @@ def asset_problems(test_data: Path, plan: TaskPlan) -> list[str]:
     return problems
 
 
-def check_data(
+def _problem_lines(test_data: Path, bad: list[Item]) -> list[str]:
+    return [
+        f"{i.task} -> {test_data / i.slug}: {i.status}" + (f" ({i.detail})" if i.detail else "")
+        for i in bad
+    ]
+
+
+def _fix(test_data: Path, tasks: list[str], bad: list[Item], manifest: Manifest | None,
+         tokenizer: str | None, include_path: list[Path]) -> str:
+    retry = list(dict.fromkeys(i.task for i in bad if i.task != TOKENIZER_ITEM)) or tasks
+    src = manifest.tokenizer if manifest else tokenizer
+    return stage_command(retry, test_data, src, include_path)
+
+
+def check_tree(
     test_data: Path,
     tasks: list[str],
     plan: TaskPlan,
     tokenizer: str | None,
     include_path: list[Path],
-) -> tuple[list[str], str | None, TreeCheck]:
-    """Problems with bundles, tokenizer and assets, the command that fixes them, and the
-    bundles as loaded (hashes are the init container's job: it checked them while syncing)."""
+    *,
+    need_tokenizer: bool,
+) -> TreeCheck:
+    """The fast half (no heavy import, no data read): every bundle dir, the tokenizer's files
+    and the assets are there; else ONE MissingDataError listing all, with the fix."""
     manifest = _manifest(test_data)
     check = find_bundles(test_data, plan, manifest)
-    read_bundles(check, manifest)
-    items = list(check.items)
+    bad = list(check.problems)
     tok_dir = tokenizer_dir(test_data, tokenizer, manifest)
     if tokenizer or tok_dir.is_dir() or (manifest and manifest.tokenizer):
-        items.append(tokenizer_item(tok_dir, manifest))
-    bad = [i for i in items if i.status != "ok"]
-    problems = [
-        f"{i.task} -> {test_data / i.slug}: {i.status}" + (f" ({i.detail})" if i.detail else "")
-        for i in bad
-    ]
-    problems += asset_problems(test_data, plan)
-    fix = None
+        item = tokenizer_item(tok_dir, manifest, load=False)
+        bad += [item] if item.status != "ok" else []
+    problems = _problem_lines(test_data, bad) + asset_problems(test_data, plan)
+    if need_tokenizer and not tokenizer and not tok_dir.is_dir():
+        problems.append(missing_tokenizer(test_data, None))
+    fail_on_problems(problems, _fix(test_data, tasks, bad, manifest, tokenizer, include_path))
+    return check
+
+
+def read_data(test_data: Path, tasks: list[str], check: TreeCheck,
+              include_path: list[Path]) -> None:
+    """The slow half: each bundle loads (once; `check.data` keeps it for the seam) and holds
+    the splits its tasks index."""
+    manifest = _manifest(test_data)
+    read_bundles(check, manifest)
+    bad = check.problems
     if bad:
-        retry = list(dict.fromkeys(i.task for i in bad if i.task != TOKENIZER_ITEM)) or tasks
-        src = manifest.tokenizer if manifest else None
-        fix = stage_command(retry, test_data, src, include_path)
-    return problems, fix, check
+        fail_on_problems(_problem_lines(test_data, bad),
+                         _fix(test_data, tasks, bad, manifest, None, include_path))
 
 
 def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> str | None:
@@ -116,9 +141,28 @@ def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> s
     return None
 
 
-def online_tokenizer_problem(source: str) -> str | None:
-    """A problem line, or None when the tokenizer loads."""
-    if error := tokenizer_load_error(source, local_only=False):  # online: an HF id may download
+def online_tokenizer_problem(source: str, timeout_s: float) -> str | None:
+    """A problem line, or None when the tokenizer loads. Online an HF id may download: the
+    Hub's own retries can run for minutes, so the load gets `timeout_s` in all."""
+    outcome: list[str | None] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(tokenizer_load_error(source, local_only=False)),
+        name="tokenizer-fetch", daemon=True,
+    )
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        for name in ("huggingface_hub", "transformers"):  # its retries may still log: mute them
+            logging.getLogger(name).disabled = True
+        host = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        raise UnreachableError(
+            f"tokenizer {source} could not be fetched from {host} within {timeout_s:.0f} s "
+            "(online mode)",
+            "stage it on a connected machine (airgap-eval stage --tokenizer ...) and run "
+            "offline, or set HF_ENDPOINT to a reachable mirror or HTTPS_PROXY to a proxy; "
+            "AIRGAP_EVAL_ONLINE_TIMEOUT sets this bound",
+        )
+    if error := outcome[0]:
         return f"tokenizer {source} does not load with this image's transformers: {error}"
     return None
 
@@ -219,8 +263,11 @@ def _probe(url: str, payload: dict[str, Any], api_key: str | None, verify: bool,
 
 
 def check_endpoint(base: str, model: str, model_type: str, api_key: str | None, *,
-                   verify: bool = True, attempts: int = 3, timeout: float = 60.0) -> Endpoint:
-    """/v1/models (reachable? key accepted? model served? max_model_len) + one request."""
+                   verify: bool = True, attempts: int = 3, timeout: float = 60.0,
+                   meanwhile: Callable[[], None] | None = None) -> Endpoint:
+    """/v1/models (reachable? key accepted? model served? max_model_len) + one request.
+    `meanwhile` runs once the listing passed, before the test request (the run starts its
+    heavy imports there, so a wrong URL, key or model name fails without them)."""
     max_len = None
     listing = _get_models(base, api_key, verify)
     if listing is not None and isinstance(listing.get("data"), list):
@@ -232,6 +279,8 @@ def check_endpoint(base: str, model: str, model_type: str, api_key: str | None, 
             )
         raw = (served.get(model) or {}).get("max_model_len")
         max_len = int(raw) if isinstance(raw, int) and raw > 0 else None
+    if meanwhile is not None:
+        meanwhile()
     if model_type == "chat":
         _probe(f"{base}/chat/completions",
                {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},

@@ -16,7 +16,7 @@ from typing import Any
 
 from lm_eval.api.model import CacheHook, hash_args
 
-log = logging.getLogger("airgap-eval.progress")
+log = logging.getLogger(__name__)
 
 
 class RunProgress:

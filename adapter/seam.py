@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _SLICE = re.compile(r"^(?P<name>[\w.-]+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
 _original: Callable[..., Any] | None = None
+_loaded: dict[Path, Any] = {}  # bundle dir -> what preflight already loaded from it
 
 
 def _select_split(data: Any, split: Any, where: Path) -> Any:
@@ -63,6 +64,8 @@ def load_staged(test_data: Path, path: str, name: str | None, data_files: Any) -
         )
     alias = "" if found.path.name == found.slug else f" (legacy alias of {found.slug})"
     log.info("data %s%s -> %s%s", path, f" [{name}]" if name else "", found.path, alias)
+    if found.path in _loaded:
+        return _loaded[found.path], found.path
     try:
         return datasets.load_from_disk(str(found.path)), found.path
     except Exception as e:
@@ -73,11 +76,13 @@ def load_staged(test_data: Path, path: str, name: str | None, data_files: Any) -
         ) from None
 
 
-def install(test_data: Path) -> None:
-    """Redirect `datasets.load_dataset` to the staged bundles (idempotent)."""
+def install(test_data: Path, loaded: dict[Path, Any] | None = None) -> None:
+    """Redirect `datasets.load_dataset` to the staged bundles (idempotent). `loaded`: the
+    bundles preflight read (dir -> DatasetDict), served without reading them again."""
     global _original
     import datasets
 
+    _loaded.update(loaded or {})
     if _original is not None:
         return
 
@@ -98,6 +103,7 @@ def uninstall() -> None:
     global _original
     import datasets
 
+    _loaded.clear()
     if _original is not None:
         datasets.load_dataset = _original
         _original = None

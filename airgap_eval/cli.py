@@ -9,14 +9,14 @@ import sys
 
 from airgap_eval import __version__
 
-# name -> (module with `main(argv) -> int`, one-line help)
+# name -> ("module" whose `main(argv, prog) -> int` runs it, or "module:function"; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sync": ("initcontainer.cli", "sync an S3 prefix into /test_data (init container)"),
     "run": ("adapter.cli", "run an lm_eval job offline from /test_data (adapter)"),
     "upload": ("sidecar.cli", "upload results, logs and status to S3 (sidecar)"),
-    "stage": ("staging.cli", "stage datasets + tokenizer for tasks (connected machine)"),
-    "verify": ("staging.cli", "prove a staged tree covers a job"),
-    "slugs": ("staging.cli", "print the slugs (bundle dirs) tasks need"),
+    "stage": ("staging.cli:stage_main", "stage datasets + tokenizer for tasks (connected machine)"),
+    "verify": ("staging.cli:verify_main", "prove a staged tree covers a job"),
+    "slugs": ("staging.cli:slugs_main", "print the slugs (bundle dirs) tasks need"),
     "demo": ("testbed.demo", "the whole pod locally: SeaweedFS, vLLM, sync -> run -> upload"),
 }
 
@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"airgap-eval: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest, prog=f"airgap-eval {name}", command=name))
+    module, _, function = COMMANDS[name][0].partition(":")
+    entry = getattr(importlib.import_module(module), function or "main")
+    return int(entry(rest, prog=f"airgap-eval {name}"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Start-up and whole-run time of `airgap-eval run` against plain `lm_eval`, same endpoint.
+"""Verdict, start-up and whole-run time of `airgap-eval run` against plain `lm_eval`, same
+endpoint.
 
 One vLLM CPU server serves the tiny model; a recording proxy in front of it timestamps every
 request. Both tools score the same task (arc_easy) on the same rows with the same tokenizer,
@@ -13,7 +14,9 @@ concurrency and limit:
 
 Measured per run, from process spawn: start-up = time to the first scoring request at the
 proxy (the adapter's preflight probe is not counted: it sends text, not token ids); whole
-run = time to exit; request phase = first scoring request to exit. One warm-up run of each
+run = time to exit; request phase = first scoring request to exit; verdict = time to the
+(non-zero) exit of the same job whose bundle is missing (plain lm_eval: its data files). One
+warm-up run of each
 is not counted (it builds the adapter's task index, once per image, and warms the page
 cache for both). Rows: ../shared/benchmarks (real ARC-Easy) when present, else the tiny
 bundled rows (then the whole-run ratio says little).
@@ -51,6 +54,7 @@ class Timing:
     whole: float
     requests: int
     acc: float
+    verdict: float = 0.0  # a job missing its data: process start to its failing exit
 
     @property
     def request_phase(self) -> float:
@@ -70,7 +74,7 @@ def real_test_data(root: Path, assets: TinyAssets) -> Path:
     return out
 
 
-def plain_task_dir(root: Path, bundle: Path) -> Path:
+def plain_task_dir(root: Path, bundle: Path, name: str = "plain_tasks") -> Path:
     """arc_easy's own YAML, reading the bundle's arrow files instead of the Hub."""
     import lm_eval
     import yaml
@@ -85,7 +89,7 @@ def plain_task_dir(root: Path, bundle: Path) -> Path:
             "data_files": {s: str(bundle / s / "data-00000-of-00001.arrow") for s in ("train", "validation", "test")}
         },
     }
-    out = root / "plain_tasks"
+    out = root / name
     out.mkdir(exist_ok=True)
     (out / f"{TASK}_local.yaml").write_text(yaml.safe_dump(cfg))
     return out
@@ -94,6 +98,17 @@ def plain_task_dir(root: Path, bundle: Path) -> Path:
 def _acc(results_dir: Path, task: str) -> float:
     files = sorted(results_dir.rglob("results_*.json"))
     return float(json.loads(files[-1].read_text())["results"][task]["acc,none"])
+
+
+def _failing(cmd: list[str], env: dict[str, str], log: Path) -> float:
+    """Seconds from spawn to the exit of a job that must fail."""
+    t0 = time.monotonic()
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=1800)
+    seconds = time.monotonic() - t0
+    if proc.returncode == 0:
+        sys.exit(f"{cmd[:4]} succeeded without its data; log: {log}")
+    return seconds
 
 
 def _timed(cmd: list[str], proxy: RecordingProxy, env: dict[str, str], log: Path) -> tuple[float, float, int]:
@@ -111,26 +126,42 @@ def _timed(cmd: list[str], proxy: RecordingProxy, env: dict[str, str], log: Path
 def run_airgap(n: int, root: Path, test_data: Path, proxy: RecordingProxy, args: argparse.Namespace) -> Timing:
     work = root / f"airgap-{n}"
     work.mkdir()
+    verdict = _failing(_airgap_cmd(work, root / "no-bundle", "missing", proxy, args), dict(os.environ), work / "verdict.log")
+    startup, whole, count = _timed(_airgap_cmd(work, test_data, "results", proxy, args), proxy, dict(os.environ), work / "run.log")
+    return Timing(startup, whole, count, _acc(work / "results", TASK), verdict)
+
+
+def _airgap_cmd(work: Path, test_data: Path, out: str, proxy: RecordingProxy, args: argparse.Namespace) -> list[str]:
     spec = {
-        "id": f"bench-{n}",
+        "id": f"bench-{work.name}",
         "benchmark_id": TASK,
         "model": {"url": proxy.base_url, "name": "tiny"},
         "num_examples": args.limit,
         "parameters": {"num_concurrent": args.concurrency, "batch_size": 1},
     }
     (work / "job.json").write_text(json.dumps(spec))
-    cmd = [
+    return [
         sys.executable, "-m", "airgap_eval", "run", "--job-spec", str(work / "job.json"),
-        "--test-data", str(test_data), "--output-dir", str(work / "results"),
-        "--work-dir", str(work / "work"),  # a fresh request cache: nothing is skipped
+        "--test-data", str(test_data), "--output-dir", str(work / out),
+        "--work-dir", str(work / f"work-{out}"),  # a fresh request cache: nothing is skipped
     ]  # fmt: skip
-    startup, whole, count = _timed(cmd, proxy, dict(os.environ), work / "run.log")
-    return Timing(startup, whole, count, _acc(work / "results", TASK))
 
 
 def run_plain(n: int, root: Path, tasks_dir: Path, tokenizer: Path, proxy: RecordingProxy, args: argparse.Namespace) -> Timing:
     work = root / f"plain-{n}"
     work.mkdir()
+    env = dict(os.environ) | {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(work / "hf"),
+    }
+    verdict = _failing(_plain_cmd(work, root / "plain_tasks_missing", tokenizer, "missing", proxy, args), env, work / "verdict.log")
+    startup, whole, count = _timed(_plain_cmd(work, tasks_dir, tokenizer, "results", proxy, args), proxy, env, work / "run.log")
+    return Timing(startup, whole, count, _acc(work / "results", f"{TASK}_local"), verdict)
+
+
+def _plain_cmd(work: Path, tasks_dir: Path, tokenizer: Path, out: str, proxy: RecordingProxy, args: argparse.Namespace) -> list[str]:
     model_args = ",".join(
         [
             "model=tiny",
@@ -142,19 +173,11 @@ def run_plain(n: int, root: Path, tasks_dir: Path, tokenizer: Path, proxy: Recor
             "max_retries=3",
         ]
     )
-    cmd = [
+    return [
         sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", model_args,
         "--tasks", f"{TASK}_local", "--include_path", str(tasks_dir), "--limit", str(args.limit),
-        "--batch_size", "1", "--output_path", str(work / "results"), "--log_samples",
+        "--batch_size", "1", "--output_path", str(work / out), "--log_samples",
     ]  # fmt: skip
-    env = dict(os.environ) | {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_HOME": str(work / "hf"),
-    }
-    startup, whole, count = _timed(cmd, proxy, env, work / "run.log")
-    return Timing(startup, whole, count, _acc(work / "results", f"{TASK}_local"))
 
 
 def _median(xs: list[Timing], attr: str) -> float:
@@ -178,6 +201,10 @@ def main() -> int:
         else:
             test_data, rows = assets.test_data, "the tiny bundled rows (no ../shared/benchmarks)"
         tasks_dir = plain_task_dir(root, test_data / ARC_SLUG)
+        # The failing twins: the same job without its bundle (plain: without its data files).
+        shutil.copytree(test_data, root / "no-bundle", symlinks=True)
+        shutil.rmtree(root / "no-bundle" / ARC_SLUG)
+        plain_task_dir(root, root / "no-bundle" / ARC_SLUG, "plain_tasks_missing")
         print("starting vLLM (CPU) ...", flush=True)
         with VLLMServer(assets.model, log_path=root / "vllm.log") as server, RecordingProxy(server.root_url) as proxy:
             print("warm-up runs (not counted) ...", flush=True)
@@ -200,7 +227,7 @@ def report(ours: list[Timing], plain: list[Timing], rows: str, args: argparse.Na
     assert {t.requests for t in ours} == {t.requests for t in plain}, "the two tools sent different request counts"
     assert {t.acc for t in ours} == {t.acc for t in plain}, "the two tools scored differently"
     m: dict[str, Any] = {
-        name: {attr: _median(runs, attr) for attr in ("startup", "whole", "request_phase")}
+        name: {attr: _median(runs, attr) for attr in ("verdict", "startup", "whole", "request_phase")}
         for name, runs in (("airgap", ours), ("plain", plain))
     }
     startup_ratio = m["plain"]["startup"] / m["airgap"]["startup"]
@@ -209,9 +236,13 @@ def report(ours: list[Timing], plain: list[Timing], rows: str, args: argparse.Na
     print(f"\nrows: {rows}; arc_easy limit {args.limit} -> {ours[0].requests} requests; "
           f"concurrency {args.concurrency}; medians of {args.repeats} runs; acc {ours[0].acc:.4f} (both)")  # fmt: skip
     print(f"{'':24}{'airgap-eval run':>18}{'plain lm_eval':>16}")
-    for attr, label in (("startup", "start-up to 1st request"), ("whole", "whole run"), ("request_phase", "request phase")):
+    rows_ = (("verdict", "verdict (missing bundle)"), ("startup", "start-up to 1st request"),
+             ("whole", "whole run"), ("request_phase", "request phase"))
+    for attr, label in rows_:
         print(f"{label:24}{m['airgap'][attr]:>17.2f}s{m['plain'][attr]:>15.2f}s")
-    print(f"\nstart-up ratio (plain / airgap): {startup_ratio:.1f}x   (target >= 5x)")
+    print(f"\nverdict: {m['airgap']['verdict']:.2f}s (target <= 1 s), plain lm_eval "
+          f"{m['plain']['verdict']:.2f}s; first request: {m['airgap']['startup']:.2f}s (target <= 1.5 s)")
+    print(f"start-up ratio (plain / airgap): {startup_ratio:.1f}x   (target >= 5x)")
     print(f"whole-run ratio (airgap / plain): {whole_ratio:.2f}x   (target <= 1.1x)")
     print(f"request-phase ratio (airgap / plain): {phase_ratio:.2f}x   (the request path alone)")
 

@@ -12,7 +12,7 @@ from types import FrameType
 from common.errors import AirgapError, Interrupted
 from common.status import StatusRecord, write_termination_message
 
-log = logging.getLogger("airgap-eval")
+log = logging.getLogger(__name__)
 
 
 class Terminated(BaseException):

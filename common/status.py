@@ -15,7 +15,7 @@ from common.atomic import atomic_write
 from common.errors import AirgapError
 from common.layout import TERMINATION_LOG
 
-State = Literal["pending", "running", "completed", "failed"]
+State = Literal["running", "completed", "failed"]
 _TERMINATION_LIMIT = 4096
 
 
@@ -35,7 +35,7 @@ class ErrorInfo(BaseModel):
 
 
 class StatusRecord(BaseModel):
-    component: Literal["sync", "run", "upload", "stage", "verify"]
+    component: Literal["sync", "run", "upload", "stage", "verify", "slugs"]
     state: State = "running"
     phase: str | None = None
     job_id: str | None = None

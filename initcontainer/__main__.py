@@ -2,4 +2,4 @@ import sys
 
 from initcontainer.cli import main
 
-sys.exit(main(sys.argv[1:], prog="python -m initcontainer", command="sync"))
+sys.exit(main(sys.argv[1:], prog="python -m initcontainer"))

@@ -56,7 +56,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str], prog: str = "airgap-eval sync", command: str = "sync") -> int:
+def main(argv: list[str], prog: str = "airgap-eval sync") -> int:
     args = parser(prog).parse_args(argv)
     setup_logging(args.verbose)
     held: list[int] = []

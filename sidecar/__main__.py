@@ -2,4 +2,4 @@ import sys
 
 from sidecar.cli import main
 
-sys.exit(main(sys.argv[1:], prog="python -m sidecar", command="upload"))
+sys.exit(main(sys.argv[1:], prog="python -m sidecar"))

@@ -227,7 +227,7 @@ def upload(args: argparse.Namespace, record: StatusRecord) -> None:
             _report_outcome(reporter, outcome, uploader.uri, deadline)
 
 
-def main(argv: list[str], prog: str = "airgap-eval upload", command: str = "upload") -> int:
+def main(argv: list[str], prog: str = "airgap-eval upload") -> int:
     args = build_parser(prog).parse_args(argv)
     setup_logging(args.verbose)
     record = StatusRecord(component="upload")

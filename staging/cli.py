@@ -19,7 +19,7 @@ from common.layout import STATE_DIR_NAME, STATUS_NAME
 from common.logs import setup_logging
 from common.status import StatusRecord
 
-log = logging.getLogger("airgap-eval")
+log = logging.getLogger(__name__)
 
 # The suites docs/dataset-mapping.md covers (`slugs --mapping-doc`).
 MAPPING_SUITES = (
@@ -103,7 +103,7 @@ def _stage_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _stage_main(argv: list[str], prog: str) -> int:
+def stage_main(argv: list[str], prog: str = "airgap-eval stage") -> int:
     args = _stage_parser(prog).parse_args(argv)
     setup_logging(args.verbose)
     if args.offline:  # before datasets/transformers are imported
@@ -152,7 +152,7 @@ def _verify_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _verify_main(argv: list[str], prog: str) -> int:
+def verify_main(argv: list[str], prog: str = "airgap-eval verify") -> int:
     args = _verify_parser(prog).parse_args(argv)
     args.tasks = args.tasks or []
     setup_logging(args.verbose)
@@ -268,7 +268,7 @@ def mapping_doc(index: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _slugs_main(argv: list[str], prog: str) -> int:
+def slugs_main(argv: list[str], prog: str = "airgap-eval slugs") -> int:
     args = _slugs_parser(prog).parse_args(argv)
     setup_logging()
 
@@ -289,11 +289,4 @@ def _slugs_main(argv: list[str], prog: str) -> int:
         for t, why in plan.unresolved.items():
             print(f"# {t}: dataset unknown ({why})", file=sys.stderr)
 
-    return _guard("stage", go, None)
-
-
-def main(argv: list[str], prog: str = "airgap-eval", command: str = "stage") -> int:
-    mains = {"stage": _stage_main, "verify": _verify_main, "slugs": _slugs_main}
-    if command not in mains:
-        raise ValueError(f"unknown command {command!r}")
-    return mains[command](argv, prog)
+    return _guard("slugs", go, None)

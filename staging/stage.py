@@ -41,7 +41,7 @@ from common.manifest import FileEntry, Manifest, entries_for, iter_tree, mismatc
 from common.s3settings import S3Connection, resolve_connection
 from common.storage import Copy, Deadline, folder, open_storage, parse_s3_uri
 
-log = logging.getLogger("airgap-eval.stage")
+log = logging.getLogger(__name__)
 
 STAGING_DIR = f"{STATE_DIR_NAME}/staging"
 VERSIONED = ("lm_eval", "datasets", "transformers", "tokenizers", "airgap-eval")

@@ -196,7 +196,7 @@ def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
             raise SystemExit(run_code or sidecar_code or 1)
 
 
-def main(argv: list[str], prog: str = "airgap-eval demo", command: str = "demo") -> int:
+def main(argv: list[str], prog: str = "airgap-eval demo") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--workdir", type=Path, default=Path(".demo"), help="scratch dir, replaced each run (.demo)"

@@ -28,8 +28,16 @@ egress.enable([])
 from adapter import evaluate, preflight, seam, taskindex, taskplan
 index = taskindex.load_index()
 res = taskindex.resolve(tasks, index)
-seam.install(test_data)
-problems, fix, _ = preflight.check_data(test_data, tasks, taskplan.plan_tasks(res, index), None, [])
+from common.errors import MissingDataError
+problems, loaded = [], {}
+try:
+    check = preflight.check_tree(test_data, tasks, taskplan.plan_tasks(res, index), None, [],
+                                 need_tokenizer=False)
+    preflight.read_data(test_data, tasks, check, [])
+    loaded = check.data
+except MissingDataError as e:
+    problems = [e.message]
+seam.install(test_data, loaded)
 built = evaluate.build_tasks(tasks, res.folders, {})
 docs = {name: len(list(task.eval_docs)) for name, task in built.tasks.items()}
 print(json.dumps({"problems": problems, "docs": docs, "blocked": egress.blocked}))

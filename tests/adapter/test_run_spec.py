@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapter.config import merge_overrides, parser, resolve
-from adapter.jobspec import (
+from adapter.parameters import (
     api_base,
     endpoint_url,
     parse_parameters,
@@ -48,7 +48,7 @@ def test_an_evalhub_spec_parses_with_its_adapters_names_as_aliases() -> None:
     assert params.timeout == 120
     assert params.gen_kwargs == {"temperature": 0.0}
     assert params.num_concurrent == 8
-    assert task_names(spec, params) == ["arc_easy"]
+    assert task_names(spec.benchmark_id, params) == ["arc_easy"]
 
 
 def test_an_unknown_parameter_is_an_error_naming_it() -> None:

@@ -129,7 +129,7 @@ def test_job_spec_comes_from_the_configmap_at_meta_job_json(pod: dict[str, Any])
 def test_job_spec_is_accepted_by_evalhub_and_by_the_adapter() -> None:
     from evalhub.adapter import JobSpec
 
-    from adapter.jobspec import parse_parameters
+    from adapter.parameters import parse_parameters
     from common.jobspec import parse_job_spec
 
     data = json.loads(_one("ConfigMap")["data"]["job.json"])

@@ -1,22 +1,19 @@
-"""The job spec: EvalHub's own `JobSpec` (eval-hub-sdk) plus a typed model of `parameters`.
+"""The job spec's `parameters`: a typed model of the lm_eval settings the adapter accepts.
 
-EvalHub specs work unchanged (its lm_eval adapter's names are accepted as aliases); a
-stand-alone spec (docker run, Slurm) may leave out the EvalHub bookkeeping fields. Only
-light imports here: this runs before the offline env is set.
+The spec itself is EvalHub's own `JobSpec` (common/jobspec.py, shared with the sidecar).
+EvalHub specs work unchanged (its lm_eval adapter's names are accepted as aliases). Only
+light imports here (no eval-hub-sdk): this runs before the offline env is set and the fast
+verdict depends on it.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
-from evalhub.adapter import JobSpec
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from common.errors import ConfigError
 from common.jobspec import field_errors
-
-log = logging.getLogger(__name__)
 
 MAX_CONCURRENT = 128  # EvalHub's lm_eval adapter clamps to the same bound
 
@@ -98,8 +95,8 @@ def endpoint_url(url: str, model_type: str) -> str:
     return f"{api_base(url)}/{'chat/completions' if model_type == 'chat' else 'completions'}"
 
 
-def task_names(spec: JobSpec, params: RunParameters) -> list[str]:
-    names = params.tasks or [spec.benchmark_id]
+def task_names(benchmark_id: str | None, params: RunParameters) -> list[str]:
+    names = params.tasks or ([benchmark_id] if benchmark_id else [])
     if not names or not all(n.strip() for n in names):
         raise ConfigError("job spec names no task", "set benchmark_id or parameters.tasks")
     return names

@@ -1,0 +1,331 @@
+"""One `airgap-eval run` job as named steps over one frozen `RunConfig`:
+
+    prepare    spec + parameters + API key, resolved once; offline env before any HF import
+    resolve    task names -> leaf tasks, config folders, bundles (once, from the task index)
+    preflight  fast verdict (tree, tokenizer files, assets, endpoint: no heavy import yet),
+               then each bundle loaded once, the tasks built, task/endpoint compatibility
+    evaluate   lm_eval's simple_evaluate against the endpoint (request cache on)
+    publish    results + samples (redacted), metrics, the SDK's JobResults
+
+A job that will fail fails in `prepare`, `resolve` or the fast half of `preflight`, before
+lm_eval, datasets or transformers are imported; those are imported on a thread while the
+endpoint probe waits on the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapter import egress, offline, preflight, taskindex, taskplan
+from adapter.config import RunConfig, Settings, prepare_job, read_job
+from adapter.datacheck import TreeCheck, stage_command
+from adapter.events import Events, SdkAdapter, job_results
+from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
+from common.errors import ConfigError, MissingDataError
+from common.logs import register_secret
+
+if TYPE_CHECKING:
+    from evalhub.adapter import JobResults
+
+    from adapter.evaluate import BuiltTasks, ModelSettings
+    from adapter.outputs import StatusWriter
+    from adapter.progress import RunProgress
+    from common.status import StatusRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    resolution: taskindex.Resolution
+    plan: taskplan.TaskPlan
+
+
+@dataclass(frozen=True)
+class Loaded:
+    settings: ModelSettings
+    built: BuiltTasks
+    model: Any  # the lm_eval API model
+    progress: RunProgress
+
+
+@dataclass(frozen=True)
+class Prepared:
+    tokenizer: str | None  # the dir (offline) or HF id (online) lm_eval loads
+    endpoint: preflight.Endpoint
+    check: TreeCheck | None  # offline: the bundles as found (and then loaded)
+
+
+def _import_heavy() -> None:
+    # The tokenizer classes transformers would import lazily on the first
+    # AutoTokenizer.from_pretrained (~1 s of a start-up otherwise); lm_eval, datasets, aiohttp.
+    # A failure is left to the main thread's own import, which reports it as an error.
+    with contextlib.suppress(Exception):
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+
+        from adapter import evaluate  # noqa: F401
+
+
+class Run:
+    """One job: the steps in order, with status.json and events at each phase."""
+
+    def __init__(self, settings: Settings, status: StatusRecord, writer: StatusWriter) -> None:
+        self.settings, self.status, self.writer = settings, status, writer
+        self.offline = False
+        self.events: Events | None = None
+        self.results: JobResults | None = None
+        self.tracker: Any = None  # lm_eval's EvaluationTracker, from evaluate to publish
+
+    def _phase(self, name: str) -> None:
+        self.writer.phase(name)
+        if self.events is not None:
+            self.events.phase(name)
+
+    def execute(self) -> None:
+        start = time.monotonic()
+        self.writer.start()
+        try:
+            cfg = self.prepare()
+            adapter = SdkAdapter(cfg.spec, lambda _spec, _callbacks: self._job(cfg, start))
+            self.events = Events(
+                adapter, "sidecar" if self.settings.terminal_events == "sidecar" else "adapter"
+            )
+            self.results = adapter.run_benchmark_job(adapter.job_spec, self.events.callbacks)
+        finally:
+            self.writer.stop()
+
+    def _job(self, cfg: RunConfig, start: float) -> JobResults:
+        """The body of the SDK's run_benchmark_job."""
+        self._phase("initializing")
+        self.isolate(cfg)
+        resolved = self.resolve(cfg)
+        prepared = self.preflight(cfg, resolved)
+        self._phase("loading_data")
+        loaded = self.load(cfg, resolved, prepared)
+        self._phase("running_evaluation")
+        results = self.evaluate(cfg, loaded)
+        self._phase("post_processing")
+        return self.publish(cfg, loaded.settings, results, time.monotonic() - start)
+
+    # --- prepare ------------------------------------------------------------------------
+
+    def prepare(self) -> RunConfig:
+        """The run configuration, resolved once."""
+        data, params, tasks = read_job(self.settings)  # light: a bad spec fails here
+        cfg = prepare_job(self.settings, data, params, tasks, os.environ)
+        self.status.job_id, self.status.benchmark_id = cfg.spec.id, cfg.spec.benchmark_id
+        register_secret(cfg.api_key)
+        if cfg.api_key:
+            os.environ["OPENAI_API_KEY"] = cfg.api_key  # lm_eval's API models read it here
+        return cfg
+
+    def isolate(self, cfg: RunConfig) -> None:
+        """Offline or online (online only where asked), the env the HF libraries read at
+        import, and the egress guard."""
+        s = cfg.settings
+        offline.refuse_missing_test_data(s.test_data, s.offline)
+        layout = offline.detect(s.test_data, cfg.params.tokenizer)
+        if s.offline != "auto":
+            layout = offline.Layout(s.offline == "on", f"--offline {s.offline}")
+        offline.apply(layout, s.test_data, s.work_dir, cfg.params.allow_code_execution)
+        self.offline = layout.offline
+        if layout.offline:
+            egress.enable([cfg.spec.model.url, cfg.spec.callback_url])
+
+    # --- resolve ------------------------------------------------------------------------
+
+    def resolve(self, cfg: RunConfig) -> Resolved:
+        index = taskindex.load_index(cfg.task_index, list(cfg.include_path))
+        resolution = taskindex.resolve(list(cfg.tasks), index)
+        if resolution.unknown:
+            raise ConfigError(
+                f"unknown task or group name(s): {', '.join(resolution.unknown)}",
+                "check the spelling (`lm_eval ls tasks`), or add parameters.include_path "
+                "for custom task YAMLs",
+            )
+        # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
+        # goes by the manifest's record for them, the seam finds their bundle later.
+        plan = taskplan.plan_tasks(resolution, index, import_classes=False)
+        return Resolved(resolution, plan)
+
+    # --- preflight ----------------------------------------------------------------------
+
+    def preflight(self, cfg: RunConfig, resolved: Resolved) -> Prepared:
+        s, p = cfg.settings, cfg.params
+        names = list(cfg.tasks)
+        completions = p.model_type == "completions"
+        check: TreeCheck | None = None
+        if self.offline:
+            tokenizer = (
+                preflight.tokenizer_source(s.test_data, p.tokenizer, offline=True)
+                if completions else None
+            )
+            check = preflight.check_tree(
+                s.test_data, names, resolved.plan, tokenizer or p.tokenizer,
+                list(cfg.include_path), need_tokenizer=completions,
+            )
+        else:
+            tokenizer = (p.tokenizer or cfg.spec.model.name) if completions else None
+            if tokenizer and (problem := preflight.online_tokenizer_problem(
+                    tokenizer, s.online_timeout_s)):
+                preflight.fail_on_problems([problem], stage_command(
+                    names, s.test_data, p.tokenizer, list(cfg.include_path)))
+        # The heavy imports run while the test request waits on the network.
+        importer = threading.Thread(target=_import_heavy, name="heavy-imports", daemon=True)
+        try:
+            endpoint = preflight.check_endpoint(
+                api_base(cfg.spec.model.url), cfg.spec.model.name, p.model_type, cfg.api_key,
+                verify=p.verify_certificate, attempts=p.max_retries, timeout=p.timeout,
+                meanwhile=importer.start,
+            )
+        finally:  # never exit with an import half done on another thread
+            if importer.ident is not None:
+                importer.join()
+        return Prepared(tokenizer, endpoint, check)
+
+    def load(self, cfg: RunConfig, resolved: Resolved, prepared: Prepared) -> Loaded:
+        """Each bundle loaded once (then served to lm_eval through the seam), tasks built,
+        the model (and with it the tokenizer, once) made."""
+        from adapter import evaluate as ev
+        from adapter import seam
+        from adapter.progress import RunProgress
+
+        s, p = cfg.settings, cfg.params
+        if prepared.check is not None:
+            preflight.read_data(s.test_data, list(cfg.tasks), prepared.check,
+                                list(cfg.include_path))
+            seam.install(s.test_data, prepared.check.data)  # before any task module imports
+        settings = model_settings(cfg, prepared)
+        metadata: dict[str, Any] = {
+            "pretrained": cfg.spec.model.name,
+            "tokenizer": prepared.tokenizer,
+            "max_length": settings.max_length,
+        } | (p.metadata or {})
+        built = ev.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        preflight.check_tasks(built.tasks, p.model_type, prepared.endpoint,
+                              p.allow_code_execution)
+        progress = RunProgress()
+        self.writer.progress = progress.snapshot
+        return Loaded(settings, built, make_model(settings, progress), progress)
+
+    # --- evaluate -----------------------------------------------------------------------
+
+    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> dict[str, Any]:
+        from lm_eval.loggers import EvaluationTracker
+
+        from adapter import evaluate as ev
+
+        s, p = cfg.settings, cfg.params
+        cache = loaded.settings.cache_file(s.request_cache_dir(p.cache_dir))
+        log.info("request cache %s_rank0.db (a rerun resumes from it)", cache)
+        s.output_dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
+        limit = cfg.spec.num_examples if cfg.spec.num_examples is not None else p.limit
+        return ev.run(
+            loaded.model,
+            loaded.built,
+            cache=cache,
+            progress=loaded.progress,
+            limit=limit,
+            num_fewshot=p.num_fewshot,
+            seed=p.seed,
+            gen_kwargs=p.gen_kwargs,
+            # a chat endpoint takes messages: lm_eval builds them only with the template on
+            apply_chat_template=p.apply_chat_template or p.model_type == "chat",
+            fewshot_as_multiturn=p.fewshot_as_multiturn,
+            system_instruction=p.system_instruction,
+            log_samples=p.log_samples,
+            bootstrap_iters=p.bootstrap_iters,
+            allow_code=p.allow_code_execution,
+            tracker=self.tracker,
+        )
+
+    # --- publish ------------------------------------------------------------------------
+
+    def publish(self, cfg: RunConfig, settings: ModelSettings, results: dict[str, Any],
+                seconds: float) -> JobResults:
+        from adapter import evaluate as ev
+        from adapter.outputs import redact_files
+
+        files = ev.save(results, self.tracker, cfg.settings.output_dir, settings,
+                        cfg.params.log_samples)
+        redact_files(files)
+        metrics = ev.flat_metrics(results)
+        self.status.metrics = metrics
+        spec = cfg.spec
+        primary = (
+            spec.primary_score.metric if spec.primary_score
+            else ev.default_primary(results, list(cfg.tasks))
+        )
+        if primary is not None:
+            self.status.primary_score = {"metric": primary, "value": metrics.get(primary)}
+        return job_results(
+            spec,
+            metrics,
+            ev.examples_evaluated(results),
+            seconds,
+            {
+                "results_files": [f.name for f in files],
+                "lm_eval_version": results.get("lm_eval_version") or _version("lm_eval"),
+            },
+        )
+
+
+def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:
+    """The lm_eval API model's settings, from the spec and what the endpoint advertises."""
+    from adapter import evaluate as ev
+
+    p, model = cfg.params, cfg.spec.model
+    return ev.ModelSettings(
+        name=model.name,
+        url=endpoint_url(model.url, p.model_type),
+        model_type=p.model_type,
+        tokenizer=prepared.tokenizer,
+        max_length=ev.resolve_max_length(
+            p.max_length, prepared.endpoint.max_model_len, p.model_type
+        ),
+        num_concurrent=min(p.num_concurrent, MAX_CONCURRENT),
+        max_retries=p.max_retries,
+        timeout=p.timeout,
+        batch_size=p.batch_size,
+        max_gen_toks=p.max_gen_toks,
+        verify_certificate=p.verify_certificate,
+    )
+
+
+def make_model(settings: ModelSettings, progress: RunProgress) -> Any:
+    """The lm_eval model (it loads the tokenizer: the one load of it in a run)."""
+    from adapter import evaluate as ev
+
+    try:
+        return ev.make_lm(settings, progress)
+    except Exception as e:  # transformers raises OSError, ValueError, AttributeError, ...
+        if settings.tokenizer is None:
+            raise
+        raise MissingDataError(
+            f"tokenizer {settings.tokenizer} does not load with this image's transformers: "
+            f"{type(e).__name__}: {str(e)[:300]}",
+            "re-stage the tokenizer (airgap-eval stage --tokenizer ...) with the transformers "
+            "major of the adapter image",
+        ) from None
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+def build_task_index(path: Path | None) -> int:
+    path = path or taskindex.default_index_path()
+    index = taskindex.build_index()
+    taskindex.write_index(path, index)
+    log.info("task index: %d names -> %s", len(index["entries"]), path)
+    return 0
