@@ -20,6 +20,7 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from common import storage
 from common.errors import (
     AirgapError,
     DeadlineError,
@@ -29,16 +30,7 @@ from common.errors import (
 )
 from common.s3 import Boto3Storage, with_default_credentials
 from common.s3settings import S3Connection
-from common.storage import (
-    Copy,
-    Deadline,
-    S3Object,
-    error_for_code,
-    folder,
-    no_credentials,
-    upload_failure,
-    worst,
-)
+from common.storage import Copy, Deadline, S3Object, folder
 
 # s5cmd expands these in a source URL even in `ls`: such prefixes are listed with boto3.
 GLOB_CHARS = "*?["
@@ -103,7 +95,7 @@ def classify(text: str, conn: S3Connection, bucket: str, what: str) -> AirgapErr
     where = conn.endpoint or "AWS S3"
     low = text.lower()
     if "nocredentialproviders" in low:
-        return no_credentials(what)
+        return storage.no_credentials(what)
     if any(s in low for s in _UNREACHABLE):
         return UnreachableError(
             f"cannot reach S3 endpoint {where} while {what}: {text}",
@@ -117,7 +109,7 @@ def classify(text: str, conn: S3Connection, bucket: str, what: str) -> AirgapErr
         )
     code = m.group(1) if (m := _CODE.match(text)) else ""
     status = m.group(1) if (m := _STATUS.search(text)) else ""
-    return error_for_code(code, status, text, conn, bucket, what)
+    return storage.error_for_code(code, status, text, conn, bucket, what)
 
 
 class S5cmdStorage(Boto3Storage):
@@ -144,7 +136,7 @@ class S5cmdStorage(Boto3Storage):
         if not errors:
             tail = output.strip()[-500:]
             return AirgapError(f"s5cmd exited with {returncode} while {what}: {tail}")
-        return worst([classify(e, self.conn, self.bucket, what) for e in errors], total)
+        return storage.worst([classify(e, self.conn, self.bucket, what) for e in errors], total)
 
     def list_folder(self, prefix: str, deadline: Deadline) -> list[S3Object]:
         if self._s3 is not None or any(c in prefix for c in GLOB_CHARS):
@@ -247,7 +239,7 @@ class S5cmdStorage(Boto3Storage):
                 if copy := by_dest.get(dest):
                     yield copy
         except AirgapError as e:
-            raise upload_failure(e) from None
+            raise storage.upload_failure(e) from None
 
     def stop(self) -> None:
         super().stop()
