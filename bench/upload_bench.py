@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.manifest import Manifest, entries_for, iter_tree  # noqa: E402
-from common.s3 import client, s5cmd_binary  # noqa: E402
+from common.s3 import client  # noqa: E402
+from common.s5cmd import find_binary  # noqa: E402
 from common.status import StatusRecord  # noqa: E402
 from testbed.localservers import SeaweedS3  # noqa: E402
 
@@ -141,7 +142,7 @@ def s5cmd_round(server: SeaweedS3, results: Path, job: str) -> float:
     env = {**os.environ, **server.env()}
     t0 = time.monotonic()
     subprocess.run(
-        [s5cmd_binary() or "s5cmd", "--endpoint-url", server.endpoint, "cp", f"{results}/*",
+        [find_binary() or "s5cmd", "--endpoint-url", server.endpoint, "cp", f"{results}/*",
          f"s3://{BUCKET}/s5cmd/{job}/"],
         env=env, check=True, capture_output=True,
     )  # fmt: skip

@@ -109,6 +109,7 @@ def mismatches(root: Path, manifest: Manifest, only: Iterable[str] | None = None
     for p, digest in hash_files(present).items():
         name = p.relative_to(root).as_posix()
         if digest != manifest.files[name].sha256:
-            problems.append(f"{name}: sha256 {digest[:12]}… != manifest {manifest.files[name].sha256[:12]}…")
+            problems.append(
+                f"{name}: sha256 {digest[:12]}… != manifest {manifest.files[name].sha256[:12]}…"
+            )
     return problems
-

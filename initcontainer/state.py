@@ -1,8 +1,9 @@
 """What a previous sync left in `dest/.airgap-eval/`: a journal of the files it put in place
 (size, mtime, ETag, confirmed sha256), so a re-run skips them without downloading or hashing.
 
-The journal is append-only while a sync runs (a killed sync keeps every line it wrote) and
-is rewritten compactly at the end.
+The journal is append-only while a sync runs and is rewritten compactly at the end. Lines
+are written in blocks, not one write per file: a killed sync loses at most the last block, and
+those files (in place, right size) are only hashed again on the next run, never fetched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from common.atomic import atomic_write
 from common.layout import STATE_DIR_NAME
 
 JOURNAL_NAME = "sync-state.jsonl"
-STATUS_NAME = "sync-status.json"
+SYNC_STATUS_NAME = "sync-status.json"  # the sync's StatusRecord
 PARTIAL_NAME = "partial"
 
 
@@ -26,8 +27,13 @@ def state_dir(dest: Path) -> Path:
     return dest / STATE_DIR_NAME
 
 
+def partial_root(dest: Path) -> Path:
+    """Where downloads land before they are checked (resolved: paths compare equal)."""
+    return state_dir(dest.resolve()) / PARTIAL_NAME
+
+
 def status_path(dest: Path) -> Path:
-    return state_dir(dest) / STATUS_NAME
+    return state_dir(dest) / SYNC_STATUS_NAME
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class SyncState:
             self._dirty = True
             if self._out is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._out = self.path.open("a", buffering=1)
+                self._out = self.path.open("a")
             self._out.write(line)
 
     def compact(self, keep: set[str]) -> None:
@@ -101,9 +107,3 @@ class SyncState:
                     for k, e in sorted(self.entries.items())
                 ),
             )
-
-    def close(self) -> None:
-        with self._lock:
-            if self._out is not None:
-                self._out.close()
-                self._out = None

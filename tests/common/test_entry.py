@@ -55,7 +55,9 @@ def test_sigterm_is_not_swallowed_by_except_exception(tmp_path: Path) -> None:
             except Exception:  # what tenacity-style retry loops do
                 continue
 
-    code = run_guarded(retry_loop_that_catches_everything, StatusRecord(component="run"), tmp_path / "s.json")
+    code = run_guarded(
+        retry_loop_that_catches_everything, StatusRecord(component="run"), tmp_path / "s.json"
+    )
     rec = read_status(tmp_path / "s.json")
     assert code == 130 and rec is not None and rec.error is not None
     assert "SIGTERM" in rec.error.message

@@ -8,12 +8,20 @@ from common.errors import ConfigError
 from common.jobspec import parse_job_spec, read_spec_file
 from sidecar.config import load_job_spec
 
-STANDALONE = {"id": "j1", "benchmark_id": "arc_easy", "model": {"url": "http://m:8000/v1", "name": "tiny"}}
+STANDALONE = {
+    "id": "j1",
+    "benchmark_id": "arc_easy",
+    "model": {"url": "http://m:8000/v1", "name": "tiny"},
+}
 
 
 def test_standalone_spec_gets_evalhub_bookkeeping_defaults() -> None:
     spec = parse_job_spec(dict(STANDALONE))
-    assert (spec.provider_id, spec.benchmark_index, spec.callback_url) == ("lm_evaluation_harness", 0, "")
+    assert (spec.provider_id, spec.benchmark_index, spec.callback_url) == (
+        "lm_evaluation_harness",
+        0,
+        "",
+    )
 
 
 def test_the_sidecar_accepts_what_the_adapter_accepts(tmp_path: Path) -> None:

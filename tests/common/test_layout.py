@@ -28,7 +28,9 @@ def test_unsafe_keys_are_refused(tmp_path: Path, key: str) -> None:
     assert err.value.hint  # every refusal says what to do about it
 
 
-@pytest.mark.parametrize("key", ["a", "a/b/c.arrow", "Rowan--hellaswag/train/data-00000-of-00001.arrow", "x y/z"])
+@pytest.mark.parametrize(
+    "key", ["a", "a/b/c.arrow", "Rowan--hellaswag/train/data-00000-of-00001.arrow", "x y/z"]
+)
 def test_safe_keys_land_inside(tmp_path: Path, key: str) -> None:
     assert safe_join(tmp_path, key).is_relative_to(tmp_path.resolve())
 

@@ -15,14 +15,30 @@ def _secret_dir(tmp_path: Path, **files: str) -> Path:
 @pytest.mark.parametrize(
     ("flag", "env", "files", "expected"),
     [
-        ("http://flag:1", {"AWS_S3_ENDPOINT": "http://env:2"}, {"AWS_S3_ENDPOINT": "http://file:3"}, "http://flag:1"),
-        (None, {"AWS_S3_ENDPOINT": "http://env:2"}, {"AWS_S3_ENDPOINT": "http://file:3"}, "http://env:2"),
+        (
+            "http://flag:1",
+            {"AWS_S3_ENDPOINT": "http://env:2"},
+            {"AWS_S3_ENDPOINT": "http://file:3"},
+            "http://flag:1",
+        ),
+        (
+            None,
+            {"AWS_S3_ENDPOINT": "http://env:2"},
+            {"AWS_S3_ENDPOINT": "http://file:3"},
+            "http://env:2",
+        ),
         (None, {"AWS_ENDPOINT_URL": "http://env:4"}, {}, "http://env:4"),
         (None, {}, {"AWS_S3_ENDPOINT": "http://file:3"}, "http://file:3"),
         (None, {}, {}, None),
     ],
 )
-def test_endpoint_precedence(tmp_path: Path, flag: str | None, env: dict[str, str], files: dict[str, str], expected: str | None) -> None:
+def test_endpoint_precedence(
+    tmp_path: Path,
+    flag: str | None,
+    env: dict[str, str],
+    files: dict[str, str],
+    expected: str | None,
+) -> None:
     conn = resolve_connection(endpoint=flag, env=env, secret_dir=_secret_dir(tmp_path, **files))
     assert conn.endpoint == expected
 
@@ -32,7 +48,9 @@ def test_keys_env_over_files_and_secret_not_in_repr(tmp_path: Path) -> None:
     conn = resolve_connection(env={}, secret_dir=d)
     assert (conn.access_key, conn.secret_key) == ("fileak", "filesk-123")
     assert "filesk-123" not in repr(conn)
-    conn = resolve_connection(env={"AWS_ACCESS_KEY_ID": "envak", "AWS_SECRET_ACCESS_KEY": "envsk"}, secret_dir=d)
+    conn = resolve_connection(
+        env={"AWS_ACCESS_KEY_ID": "envak", "AWS_SECRET_ACCESS_KEY": "envsk"}, secret_dir=d
+    )
     assert (conn.access_key, conn.secret_key) == ("envak", "envsk")
 
 

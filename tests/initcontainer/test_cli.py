@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from common.errors import ExitCode
 from common.status import StatusRecord
 from initcontainer.state import status_path
 from testbed.localservers import SeaweedS3, free_port
+from tests.httpstub import serving
 from tests.initcontainer.conftest import put_tree, run_cli, tree
 from tests.initcontainer.stub_s3 import stub_s3
 
@@ -91,6 +93,46 @@ def test_wrong_credentials(s3_server: SeaweedS3, bucket: str, tmp_path: Path, en
     record = _status(dest)
     assert record.state == "failed" and record.error and record.error.code == "AUTH"
     assert "not-the-secret-123" not in proc.stderr + status_path(dest).read_text()
+
+
+class _Imds403(BaseHTTPRequestHandler):
+    """An instance-metadata endpoint that refuses, as on a host outside any cloud."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _refuse(self) -> None:
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_PUT = _refuse
+
+
+@pytest.mark.parametrize("engine", ["s5cmd", "boto3"])
+def test_no_credentials_is_one_config_line_in_seconds(
+    s3_server: SeaweedS3, bucket: str, tmp_path: Path, engine: str
+) -> None:
+    """No keys anywhere: the default AWS chain finds nothing, with either engine, and says
+    so (issue 13: s5cmd's IMDS warnings used to crash the parser, exit 1 INTERNAL)."""
+    put_tree(s3_server, bucket, {"data/a.txt": b"a"})
+    env = _env(s3_server, bucket)
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    dest = tmp_path / "test_data"
+    with serving(_Imds403) as port:
+        env |= {
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}",
+            "AWS_CONFIG_FILE": str(tmp_path / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        }
+        start = time.monotonic()
+        proc = run_cli(["--dest", str(dest), "--engine", engine], env, timeout=60)
+        elapsed = time.monotonic() - start
+    assert proc.returncode == ExitCode.CONFIG, proc.stderr
+    _one_error_line(proc.stderr, "CONFIG")
+    assert "no S3 credentials found" in proc.stderr and "AWS_ACCESS_KEY_ID" in proc.stderr
+    assert elapsed < 10
+    assert _status(dest).error.code == "CONFIG"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,28 @@ def test_manifest_checks_every_file(
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_counts_on_an_empty_dir_and_a_rerun(
+    s3_server: SeaweedS3, bucket: str, make_config: MakeConfig, engine: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Issue 13: an empty dir said "1 of 35 files already in place" (the manifest, fetched
+    first, was counted as in place)."""
+    files = sample()
+    put_tree(s3_server, bucket, files | {"data/manifest.json": manifest_for(files, "data")})
+    n = len(expected(files)) + 1  # the files and manifest.json
+    nbytes = sum(map(len, files.values())) + len(manifest_for(files, "data"))
+    cfg = make_config(bucket, "data", engine=engine)
+    with caplog.at_level(logging.INFO, logger="airgap-eval.sync"):
+        result = sync(cfg)
+    assert f"0 of {n} files already in place; fetching {n} ({nbytes / 1e6:.1f} MB)" in caplog.text
+    assert (result.files, result.downloaded_files, result.verified_files) == (n, n, n - 1)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="airgap-eval.sync"):
+        sync(cfg)
+    assert f"{n} of {n} files already in place; fetching 0 (0.0 MB)" in caplog.text
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_manifest_mismatch_names_the_file(
     s3_server: SeaweedS3, bucket: str, make_config: MakeConfig, engine: str
 ) -> None:
@@ -237,7 +259,7 @@ def test_auto_engine_falls_back_to_boto3(
     s3_server: SeaweedS3, bucket: str, make_config: MakeConfig,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr("initcontainer.transfer.s5cmd_binary", lambda: None)
+    monkeypatch.setattr("common.s5cmd.find_binary", lambda: None)
     files = sample()
     put_tree(s3_server, bucket, files)
     cfg = make_config(bucket, "data", engine="auto")

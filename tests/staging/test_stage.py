@@ -153,7 +153,6 @@ def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
 
 def test_plan_groups_leaves_and_detects_assets(custom_tasks: Path) -> None:
 
-
     index = load_index(None, [custom_tasks])
     plan = plan_tasks(resolve(["stg_suite", "stg_nltk"], index), index)
     assert sorted(plan.task_slugs) == ["stg_csv", "stg_folder", "stg_nltk", "stg_qa"]
@@ -347,17 +346,19 @@ def test_upload_drops_the_old_manifest_first(
 ) -> None:
     """A failed upload must not leave an old manifest beside half-new files."""
     from common.errors import UploadError
+    from common.s3 import Boto3Storage, client
+    from common.s5cmd import S5cmdStorage
     from staging import stage as stage_mod
 
     conn = s3_server.connection()
-    s3 = stage_mod.client(conn)
+    s3 = client(conn)
     s3.put_object(Bucket=bucket, Key="p/manifest.json", Body=b"{}")
 
     def broken(*a: Any, **k: Any) -> None:
         raise UploadError("network gone", "retry")
 
-    monkeypatch.setattr(stage_mod, "_s5cmd_upload", broken)
-    monkeypatch.setattr(stage_mod, "_boto3_upload", broken)
+    monkeypatch.setattr(S5cmdStorage, "upload", broken)
+    monkeypatch.setattr(Boto3Storage, "upload", broken)
     with pytest.raises(UploadError):
         stage_mod.upload_tree(
             staged, Manifest.load(staged / MANIFEST_NAME), f"s3://{bucket}/p", conn
@@ -369,13 +370,14 @@ def test_upload_drops_the_old_manifest_first(
 def test_upload_boto3_fallback_puts_manifest_last(
     staged: Path, bucket: str, s3_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from common.s3 import client
     from staging import stage as stage_mod
 
-    monkeypatch.setattr(stage_mod, "s5cmd_binary", lambda: None)
+    monkeypatch.setattr("common.s5cmd.find_binary", lambda: None)
     conn = s3_server.connection()
     m = Manifest.load(staged / MANIFEST_NAME)
     stage_mod.upload_tree(staged, m, f"s3://{bucket}/b3", conn)
-    s3 = stage_mod.client(conn)
+    s3 = client(conn)
     objs = s3.list_objects_v2(Bucket=bucket, Prefix="b3/")["Contents"]
     assert {o["Key"][3:] for o in objs} == set(m.files) | {MANIFEST_NAME}
     manifest_time = next(o["LastModified"] for o in objs if o["Key"] == "b3/manifest.json")
