@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
 import json
 import logging
 import os
@@ -51,11 +52,21 @@ def _lm_eval_version() -> str:
     return version("lm_eval")
 
 
+def _lm_eval_dir() -> str:
+    from importlib.util import find_spec
+
+    spec = find_spec("lm_eval")  # finds the package without importing it
+    return str(Path(spec.origin).parent) if spec and spec.origin else ""
+
+
 def default_index_path() -> Path:
+    """Per lm_eval version AND install dir: the index holds absolute YAML paths, so two venvs
+    (or a deleted one) must never share a cached index."""
     if env := os.environ.get("AIRGAP_EVAL_TASK_INDEX"):
         return Path(env)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "airgap-eval" / f"task-index-lm_eval-{_lm_eval_version()}.json"
+    where = hashlib.sha256(_lm_eval_dir().encode()).hexdigest()[:8]
+    return cache / "airgap-eval" / f"task-index-lm_eval-{_lm_eval_version()}-{where}.json"
 
 
 def _dataset_fields(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -100,8 +100,8 @@ def test_ceiling_from_env_and_spec_is_respected(serial: tuple[RunResult, dict[st
                              batch_size=1)  # fmt: skip
     assert 1 < stats["max_in_flight"] <= 3
     assert _answers(res.out_dir) == _answers(ref.out_dir)
-    res, stats = run_against(Config(latency=0.02, slots=64), env={"AIRGAP_EVAL_MAX_CONCURRENT": "3"},
-                             max_concurrent=2, batch_size=1)  # the spec wins over the env
+    res, stats = run_against(Config(latency=0.02, slots=64), env={"AIRGAP_EVAL_MAX_CONCURRENT": "2"},
+                             max_concurrent=3, batch_size=1)  # the env beats the spec
     assert stats["max_in_flight"] == 2
 
 
