@@ -36,7 +36,7 @@ from lm_eval.models.api_models import LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER
 
 from adapter.concurrency import Gate, Limit
 
-log = logging.getLogger("airgap-eval.client")
+log = logging.getLogger(__name__)
 
 AUTO_BATCH = 8  # loglikelihood prompts per request when the spec sets no batch_size
 FATAL = frozenset({400, 401, 403, 404, 405, 413, 422})

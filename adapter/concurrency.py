@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-log = logging.getLogger("airgap-eval.concurrency")
+log = logging.getLogger(__name__)
 
 START = 8
 MEMORY = 16  # windows of recent throughput history

@@ -27,7 +27,7 @@ from initcontainer.plan import Item, SyncPlan, apply_manifest, check_keys, decid
 from initcontainer.prefetch import Prefetch, Start, begin
 from initcontainer.state import SyncState, partial_root
 
-log = logging.getLogger("airgap-eval.sync")
+log = logging.getLogger(__name__)
 # Files below this size are hashed by the thread reading s5cmd's output: handing a 10 KB file
 # to a pool costs more than hashing it. Larger ones are hashed in the pool, overlapping the
 # downloads still running.

@@ -22,7 +22,7 @@ from sidecar.watch import Outcome, StopFlag, observe, read_done
 if TYPE_CHECKING:
     from sidecar.report import Reporter
 
-log = logging.getLogger("airgap-eval.upload")
+log = logging.getLogger(__name__)
 
 UPLOAD_STATUS = "upload-status.json"  # the sidecar's own record, in the state dir
 

@@ -24,7 +24,7 @@ from evalhub.models.api import JobPhase, JobStatus, MessageOrigin
 from common.evalhub_metrics import evaluation_results, overall_score
 from common.status import StatusRecord
 
-log = logging.getLogger("airgap-eval.report")
+log = logging.getLogger(__name__)
 
 TERMINAL_SENT = "terminal-event-sent"  # in the state dir: a rerun never sends it twice
 _DELAYS = (1.0, 2.0, 4.0)

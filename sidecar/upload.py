@@ -33,7 +33,7 @@ from common.manifest import HASH_WORKERS, FileEntry, Manifest, iter_tree
 from common.storage import Copy, Deadline, S3Object, open_storage
 from sidecar.config import UploadConfig
 
-log = logging.getLogger("airgap-eval.upload")
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _MARKERS = {DONE_MARKER, UPLOADED_MARKER}

@@ -25,7 +25,7 @@ from typing import Any
 from common.logs import setup_logging
 from testbed.localservers import SeaweedS3
 
-log = logging.getLogger("airgap-eval.demo")
+log = logging.getLogger(__name__)
 DEFAULT_TASKS = ["arc_easy", "blimp_adjunct_island", "hellaswag", "gsm8k"]
 DATA_BUCKET, RESULTS_BUCKET = "test-data", "results"
 STEPS = 7

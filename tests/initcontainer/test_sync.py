@@ -142,12 +142,12 @@ def test_counts_on_an_empty_dir_and_a_rerun(
     n = len(expected(files)) + 1  # the files and manifest.json
     nbytes = sum(map(len, files.values())) + len(manifest_for(files, "data"))
     cfg = make_config(bucket, "data", engine=engine)
-    with caplog.at_level(logging.INFO, logger="airgap-eval.sync"):
+    with caplog.at_level(logging.INFO, logger="initcontainer.sync"):
         result = sync(cfg)
     assert f"0 of {n} files already in place; fetching {n} ({nbytes / 1e6:.1f} MB)" in caplog.text
     assert (result.files, result.downloaded_files, result.verified_files) == (n, n, n - 1)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="airgap-eval.sync"):
+    with caplog.at_level(logging.INFO, logger="initcontainer.sync"):
         sync(cfg)
     assert f"{n} of {n} files already in place; fetching 0 (0.0 MB)" in caplog.text
 
