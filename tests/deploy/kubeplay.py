@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from common.s3 import parse_s3_uri
+from common.storage import parse_s3_uri
 from tests.deploy.dockerfile import REPO
 
 K8S = REPO / "deploy" / "kubernetes"
