@@ -119,6 +119,10 @@ class SeaweedS3:
             weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-s3.config={self.workdir / 's3.json'}", "-webdav=false", "-admin.ui=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # Every bucket is a collection that grows several volumes at once; the default cap
+            # (free disk / volume size) runs out after ~60 test buckets on a full disk, and
+            # writes then fail with "no free volumes". Volumes grow lazily: a high cap is free.
+            "-volume.max=4000",
         ] + [f"-{name}={port}" for name, port in self.ports.items()]  # fmt: skip
         log = (self.workdir / "weed.log").open("ab")
         self.proc = subprocess.Popen(
