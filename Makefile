@@ -64,7 +64,7 @@ test: lint pytest
 
 # The bench/ scripts in the venv, each printing ratios against a baseline it measures in the
 # same run (README, "Development"); each starts its own SeaweedFS, startup_bench a vLLM.
-BENCHES ?= sync upload verify startup
+BENCHES ?= sync upload verify startup throughput
 bench: setup setup-vllm
 	@set -e; for b in $(BENCHES); do \
 		echo "==> bench/$${b}_bench.py"; \
