@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from common.logs import setup_logging
-from testbed.localservers import SeaweedS3
+from testbed.localservers import SeaweedS3, stop_process
 
 log = logging.getLogger(__name__)
 DEFAULT_TASKS = ["arc_easy", "blimp_adjunct_island", "hellaswag", "gsm8k"]
@@ -50,13 +50,7 @@ def _background(
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, grace_s=30)
 
 
 def _run(args: list[str], env: dict[str, str], what: str) -> None:

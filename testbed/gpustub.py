@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.localservers import free_port, wait_for_port
+from testbed.localservers import free_port, stop_process, wait_for_port
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 2048
@@ -254,13 +254,7 @@ class GpuStub:
         urllib.request.urlopen(req, timeout=10).close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig=signal.SIGINT)
 
     def __enter__(self) -> GpuStub:
         return self.start()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,31 @@ _WEED_PORTS = (
     "admin.port.grpc",
     "webdav.port",
 )
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes] | None,
+    grace_s: float = 10.0,
+    sig: int = signal.SIGTERM,
+    group: bool = False,
+) -> None:
+    """Signal a child (or its whole process group), wait up to grace_s, then SIGKILL it."""
+    if proc is None or proc.poll() is not None:
+        return
+
+    def send(s: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, s)
+            else:
+                proc.send_signal(s)
+
+    send(sig)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
 
 
 def free_port() -> int:
@@ -156,14 +182,7 @@ class SeaweedS3:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc, group=True)
 
     def kill(self) -> None:
         """Die like a crashed server (SIGKILL), for resume tests."""

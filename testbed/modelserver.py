@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from common.errors import ConfigError, DeadlineError, ModelEndpointError
-from testbed.localservers import free_port
+from testbed.localservers import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON_ENV = "AIRGAP_EVAL_VLLM_PYTHON"
@@ -186,14 +186,7 @@ class VLLMServer:
     def stop(self, grace_s: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc, grace_s, group=True)
         # vLLM's engine core can outlive the API server by a moment: take the whole group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)

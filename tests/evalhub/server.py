@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from testbed.localservers import free_port, wait_for_port
+from testbed.localservers import free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_ROOT = REPO / ".evalhub"  # make setup-evalhub: .evalhub/<version>/bin/eval-hub
@@ -71,13 +71,7 @@ class EvalHubServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def __enter__(self) -> EvalHubServer:
         return self.start()
