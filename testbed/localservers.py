@@ -155,7 +155,8 @@ class SeaweedS3:
             args,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "GOMEMLIMIT": "256MiB"},
+            # No GOMEMLIMIT: a soft cap near weed's working set (256 MiB) kept its GC running,
+            # idle too (~30% of a core), and 2,000 small GETs took 1.8 s instead of 0.75 s.
             start_new_session=True,
         )
         wait_for_port(self.ports["s3.port"], ready_s, self.proc)
