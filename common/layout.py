@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import posixpath
-from pathlib import Path, PurePosixPath
+import re
+from pathlib import Path
 
 from common.errors import UnsafePathError
 
@@ -20,7 +21,10 @@ UPLOADED_MARKER = "uploaded"
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
-def validate_relative_key(rel: str) -> PurePosixPath:
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_relative_key(rel: str) -> None:
     """Check that an object key (relative to its prefix) names a plain path below the prefix.
 
     Refuses empty names, absolute paths, `..` and `.` components, backslashes and control
@@ -32,7 +36,7 @@ def validate_relative_key(rel: str) -> PurePosixPath:
             "remove or rename the object in the bucket; keys must be relative paths "
             "without '..', '\\' or a leading '/'",
         )
-    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+    if _CONTROL.search(rel):
         raise UnsafePathError(
             f"object key {rel!r} contains control characters",
             "rename the object in the bucket",
@@ -44,7 +48,6 @@ def validate_relative_key(rel: str) -> PurePosixPath:
             "outside the destination",
             "remove or rename the object in the bucket",
         )
-    return PurePosixPath(rel)
 
 
 def safe_join(dest: Path, rel: str) -> Path:
@@ -53,9 +56,9 @@ def safe_join(dest: Path, rel: str) -> Path:
     The check runs on resolved paths (symlinks followed) with `is_relative_to`: a string
     prefix check would let `/test_data2` through for `/test_data`.
     """
-    key = validate_relative_key(rel)
+    validate_relative_key(rel)
     root = dest.resolve()
-    target = (root / key).resolve()
+    target = (root / rel).resolve()
     if not target.is_relative_to(root) or target == root:
         raise UnsafePathError(
             f"object key {rel!r} resolves to {target}, outside {root} (through a symlink?)",

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -20,6 +21,7 @@ from common.layout import MANIFEST_NAME, STATE_DIR_NAME
 
 FORMAT_VERSION = 1
 _CHUNK = 1 << 20
+P = TypeVar("P", str, Path)
 
 
 class FileEntry(BaseModel):
@@ -52,15 +54,15 @@ class Manifest(BaseModel):
 HASH_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
 
 
-def hash_files(paths: Iterable[Path], workers: int | None = None) -> dict[Path, str]:
+def hash_files(paths: Iterable[P], workers: int | None = None) -> dict[P, str]:
     """sha256 of many files at once: hashlib releases the GIL on large buffers."""
     paths = list(paths)
     workers = workers or HASH_WORKERS

@@ -177,7 +177,7 @@ class Boto3Storage:
 
     def download_folder(
         self, prefix: str, root: Path, deadline: Deadline
-    ) -> Generator[Path, None, None]:
+    ) -> Generator[str, None, None]:
         copies = []
         for obj in self.list_folder(prefix, deadline):
             try:
@@ -187,7 +187,7 @@ class Boto3Storage:
             if not obj.rel.endswith("/"):
                 copies.append(Copy(obj.key, root / obj.rel))
         for copy in self.download(copies, deadline):
-            yield copy.path
+            yield str(copy.path)
 
     def upload(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
         s3 = self.s3

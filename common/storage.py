@@ -90,9 +90,10 @@ class Storage(Protocol):
 
     def download_folder(
         self, prefix: str, root: Path, deadline: Deadline
-    ) -> Generator[Path, None, None]:
-        """Every object below the folder into `root/<key below prefix>`, each path yielded as
-        it lands; keys holding `..` or not plain relative paths are skipped (never written
+    ) -> Generator[str, None, None]:
+        """Every object below the folder into `root/<key below prefix>`, each path yielded (a
+        string: thousands of Paths cost more than the bookkeeping around them) as it lands;
+        keys holding `..` or not plain relative paths are skipped (never written
         outside root): fetch them, if wanted, with `download`. One listing fewer than
         list + download for a caller that wants (nearly) the whole folder."""
         ...

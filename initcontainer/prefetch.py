@@ -4,11 +4,14 @@ rest, so on an empty dest the bulk copy is already running while Python finishes
 A whole-folder copy runs in a thread (s5cmd never waits on a full pipe while the caller
 works). On a fresh dest it starts before the listing is checked: files land only in the
 private partial/ dir, and no key holding `..` is copied. Once `hashing` is set (a manifest
-exists), each file is hashed as it lands, before the caller asks.
+exists), each file is hashed as it lands, before the caller asks: a small one by the thread
+reading the copy's output (a hop to a pool thread costs more than hashing 20 KB), a large one
+in a pool, overlapping the downloads still running.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -20,6 +23,8 @@ from common.storage import Deadline, Storage, open_storage
 from initcontainer.config import SyncConfig
 from initcontainer.state import partial_root
 
+# Files below this size are hashed inline (see above); larger ones in a pool.
+INLINE_HASH_BYTES = 1 << 20
 DEADLINE_HINT = (
     "raise TEST_DATA_S3_TIMEOUT (e.g. 30m) or check the network path to S3; "
     "a rerun keeps the files already in place"
@@ -44,7 +49,7 @@ class Prefetch:
         self._thread = threading.Thread(target=self._run, args=(paths,), daemon=True)
         self._thread.start()
 
-    def _run(self, paths: Iterator[Path]) -> None:
+    def _run(self, paths: Iterator[str]) -> None:
         try:
             for path in paths:
                 self._queue.put((path, self._hash(path) if self.hashing.is_set() else None))
@@ -53,14 +58,16 @@ class Prefetch:
             return
         self._queue.put(self._DONE)
 
-    def _hash(self, path: Path) -> Future[str]:
+    def _hash(self, path: str) -> str | Future[str]:
         from common.manifest import HASH_WORKERS, sha256_file  # imported by then: no cost
 
+        if os.stat(path).st_size < INLINE_HASH_BYTES:
+            return sha256_file(path)
         if self._hasher is None:
             self._hasher = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
         return self._hasher.submit(sha256_file, path)
 
-    def __iter__(self) -> Iterator[tuple[Path, Future[str] | None]]:
+    def __iter__(self) -> Iterator[tuple[str, str | Future[str] | None]]:
         while True:
             try:
                 got = self._queue.get(timeout=0.5)  # a timeout: signals (SIGTERM) get through

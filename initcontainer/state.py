@@ -1,9 +1,10 @@
 """What a previous sync left in `dest/.airgap-eval/`: a journal of the files it put in place
 (size, mtime, ETag, confirmed sha256), so a re-run skips them without downloading or hashing.
 
-The journal is append-only while a sync runs and is rewritten compactly at the end. Lines
-are written in blocks, not one write per file: a killed sync loses at most the last block, and
-those files (in place, right size) are only hashed again on the next run, never fetched.
+The journal is append-only while a sync runs and is rewritten compactly at the end when it
+holds superseded or dropped lines. Lines are written in blocks, not one write per file: a
+killed sync loses at most the last block, and those files (in place, right size) are only
+hashed again on the next run, never fetched.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class SyncState:
         self.entries: dict[str, FileState] = {}
         self._lock = threading.Lock()
         self._out: IO[str] | None = None
-        self._dirty = False  # lines appended since the journal was last compact
+        self._dirty = False  # the journal holds lines that are not one per entry
 
     @classmethod
     def load(cls, dest: Path) -> SyncState:
@@ -78,13 +79,13 @@ class SyncState:
             and e.etag == etag
         )
 
-    def record(self, rel: str, path: Path, etag: str, sha256: str | None) -> None:
-        st = path.stat()
+    def record(self, rel: str, st: os.stat_result, etag: str, sha256: str | None) -> None:
+        """`st`: the file's stat (a rename into place keeps its size and mtime)."""
         entry = FileState(st.st_size, st.st_mtime_ns, etag, sha256)
         line = json.dumps([rel, entry.size, entry.mtime_ns, etag, sha256]) + "\n"
         with self._lock:
+            self._dirty |= rel in self.entries  # the journal now holds a superseded line
             self.entries[rel] = entry
-            self._dirty = True
             if self._out is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._out = self.path.open("a")
@@ -98,7 +99,7 @@ class SyncState:
                 self._out = None
             kept = {k: v for k, v in self.entries.items() if k in keep}
             if not self._dirty and len(kept) == len(self.entries) and self.path.exists():
-                return  # a re-run that changed nothing rewrites nothing
+                return  # one line per kept file already: a first sync, or an unchanged re-run
             self.entries, self._dirty = kept, False
             atomic_write(
                 self.path,

@@ -24,14 +24,10 @@ from common.manifest import HASH_WORKERS, Manifest, hash_files, sha256_file
 from common.storage import Deadline, S3Object, Storage, folder
 from initcontainer.config import SyncConfig
 from initcontainer.plan import Item, SyncPlan, apply_manifest, check_keys, decide
-from initcontainer.prefetch import Prefetch, Start, begin
+from initcontainer.prefetch import INLINE_HASH_BYTES, Prefetch, Start, begin
 from initcontainer.state import SyncState, partial_root
 
 log = logging.getLogger(__name__)
-# Files below this size are hashed by the thread reading s5cmd's output: handing a 10 KB file
-# to a pool costs more than hashing it. Larger ones are hashed in the pool, overlapping the
-# downloads still running.
-_INLINE_HASH_BYTES = 1 << 20
 
 
 @dataclass
@@ -61,30 +57,31 @@ class _Lander:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
-        self._made: set[Path] = set()  # parent dirs known to exist
+        self._made: set[str] = set()  # parent dirs known to exist
 
-    def land(self, item: Item, digest: Future[str] | None = None) -> None:
-        """`digest`: the file's sha256 already being computed (hashed as it landed)."""
-        if item.sha256 is None or (digest is None and item.size < _INLINE_HASH_BYTES):
-            self.place(item)
-        elif digest is not None and digest.done():
-            self.place(item, digest.result())
-        elif digest is not None:  # placed by the hashing thread once its digest is ready
-            placed: Future[None] = Future()
-            digest.add_done_callback(
-                lambda d: _settle(placed, lambda: self.place(item, d.result()))
-            )
-            self._pending.append(placed)
+    def land(self, item: Item, digest: str | Future[str] | None = None) -> None:
+        """`digest`: the file's sha256, or its hashing still running (hashed as it landed)."""
+        if isinstance(digest, Future):
+            if digest.done():
+                self.place(item, digest.result())
+            else:  # placed by the hashing thread once its digest is ready
+                placed: Future[None] = Future()
+                digest.add_done_callback(
+                    lambda d: _settle(placed, lambda: self.place(item, d.result()))
+                )
+                self._pending.append(placed)
+        elif item.sha256 is None or digest is not None or item.size < INLINE_HASH_BYTES:
+            self.place(item, digest)
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="verify")
             self._pending.append(self._pool.submit(self.place, item))
 
     def place(self, item: Item, digest: str | None = None) -> None:
-        size = os.stat(item.partial).st_size
+        st = os.stat(item.partial)
         problem = None
-        if size != item.size:
-            problem = f"{item.rel}: downloaded {size} bytes, the listing says {item.size}"
+        if st.st_size != item.size:
+            problem = f"{item.rel}: downloaded {st.st_size} bytes, the listing says {item.size}"
         elif item.sha256 and (digest := digest or sha256_file(item.partial)) != item.sha256:
             problem = f"{item.rel}: sha256 {digest} != manifest {item.sha256}"
         if problem:
@@ -92,18 +89,23 @@ class _Lander:
             with self._lock:
                 self.problems.append(problem)
             return
-        parent = item.path.parent
+        parent = item.path.rpartition("/")[0]
         if parent not in self._made:
-            parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
             self._made.add(parent)
         os.replace(item.partial, item.path)
-        self.state.record(item.rel, item.path, item.etag, digest if item.sha256 else None)
+        self.placed(item, st, digest if item.sha256 else None)
+
+    def placed(self, item: Item, st: os.stat_result, digest: str | None) -> None:
+        """Journal and count a file now at its final path (`digest`: checked against the
+        manifest)."""
+        self.state.record(item.rel, st, item.etag, digest)
         with self._lock:
             self.result.downloaded_files += 1
-            self.result.downloaded_bytes += size
-            self.result.verified_files += item.sha256 is not None
+            self.result.downloaded_bytes += st.st_size
+            self.result.verified_files += digest is not None
         if self.progress is not None:
-            self.progress.advance(1, size)
+            self.progress.advance(1, st.st_size)
 
     def finish(self) -> None:
         """Wait for every pending check (also after a failure: finished files count)."""
@@ -271,7 +273,8 @@ def _fetch(
                 if (item := wanted.pop(path, None)) is not None:
                     lander.land(item, digest)
                 else:  # already in place (the manifest, a rerun's files)
-                    path.unlink(missing_ok=True)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
         finally:
             prefetch.close()
     rest = [i.download for i in wanted.values()]
@@ -310,14 +313,23 @@ def _manifest(
     except FileNotFoundError:
         current = False
     if current:
-        return _load_manifest(item.path.read_bytes(), cfg), []
-    if body is not None and len(body) == item.size:
-        atomic_write(item.partial, body)
-    else:  # not read with the listing (or changed since): fetch it now
-        list(storage.download([item.download], deadline))
-        body = item.partial.read_bytes()
+        return _load_manifest(Path(item.path).read_bytes(), cfg), []
+    if body is None or len(body) != item.size:  # not read with the listing (or changed since)
+        body = storage.read_object(item.key, deadline)
+        if body is None:
+            raise NotFoundError(
+                f"{item.key} vanished from {cfg.source} while syncing",
+                "something is rewriting the prefix: rerun once it is done",
+            )
+    if len(body) != item.size:
+        raise IntegrityError(
+            f"{item.rel}: read {len(body)} bytes, the listing says {item.size}",
+            "something is rewriting the prefix: rerun once it is done",
+        )
     manifest = _load_manifest(body, cfg)  # a broken manifest never lands
-    lander.place(item)
+    # Written straight to its place, never through partial/: the copy may be writing there.
+    atomic_write(Path(item.path), body)
+    lander.placed(item, os.stat(item.path), None)
     return manifest, [item]
 
 
@@ -339,7 +351,7 @@ def _confirm_present(plan: SyncPlan, state: SyncState, result: SyncResult) -> No
     digests = hash_files(i.path for i in plan.rehash)
     for item in plan.rehash:
         if digests[item.path] == item.sha256:
-            state.record(item.rel, item.path, item.etag, item.sha256)
+            state.record(item.rel, os.stat(item.path), item.etag, item.sha256)
             result.verified_files += 1
         else:
             plan.fetch.append(item)

@@ -65,7 +65,8 @@ def test_download_folder_yields_each_file_as_it_lands(
     storage.write_object("w-sibling/x.txt", b"x")  # a folder, not a string prefix
     root = tmp_path / "partial"
     got = sorted(
-        p.relative_to(root).as_posix() for p in storage.download_folder("w", root, _deadline())
+        Path(p).relative_to(root).as_posix()
+        for p in storage.download_folder("w", root, _deadline())
     )
     assert got == ["a.txt", "sp ace*.txt", "sub/b.txt"]
     assert {p: (root / p).read_bytes() for p in got} == {p: p.encode() for p in got}

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +22,39 @@ from initcontainer.sync import sync
 from testbed.localservers import SeaweedS3
 from tests.initcontainer.conftest import manifest_for, put_tree, tree
 
-N_FILES = 60
+N_FILES, FILE_BYTES = 40, 4_000_000
+
+
+def _placed(dest: Path) -> int:
+    return sum(len(files) for d, _, files in os.walk(dest) if ".airgap-eval" not in Path(d).parts)
+
+
+@contextlib.contextmanager
+def _slowed(server: SeaweedS3, run_s: float = 0.005, stop_s: float = 0.03) -> Iterator[None]:
+    """The server runs ~1/7 of the time (SIGSTOP/SIGCONT): unthrottled it serves this tree in
+    ~0.2 s, less than a fresh sync needs to plan, so no kill could land mid-transfer."""
+    assert server.proc is not None
+    group, done = server.proc.pid, threading.Event()
+
+    def duty_cycle() -> None:
+        while not done.is_set():
+            os.killpg(group, signal.SIGSTOP)
+            time.sleep(stop_s)
+            os.killpg(group, signal.SIGCONT)
+            time.sleep(run_s)
+
+    thread = threading.Thread(target=duty_cycle, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 @pytest.mark.parametrize("engine", ["s5cmd", "boto3"])
 def test_resume_after_server_killed_mid_transfer(tmp_path: Path, engine: str) -> None:
-    files = {f"data/shard-{i:02d}.arrow": os.urandom(1_500_000) for i in range(N_FILES)}
+    files = {f"data/shard-{i:02d}.arrow": os.urandom(FILE_BYTES) for i in range(N_FILES)}
     files["data/manifest.json"] = manifest_for(files, "data")
     dest = tmp_path / "test_data"
     server = SeaweedS3(tmp_path / "seaweed").start()
@@ -31,15 +62,16 @@ def test_resume_after_server_killed_mid_transfer(tmp_path: Path, engine: str) ->
         server.create_bucket("resume")
         put_tree(server, "resume", files)
         env = server.env() | {"TEST_DATA_S3_BUCKET": "resume", "TEST_DATA_S3_KEY": "data"}
-        base = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "initcontainer", "--dest", str(dest),
-             "--workers", "2", "--engine", engine],
-            env=base | env, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        end = time.monotonic() + 30
-        while len(tree(dest) if dest.exists() else {}) < 2 and time.monotonic() < end:
-            time.sleep(0.01)
+        base = {k: os.environ[k] for k in ("PATH", "HOME", "AIRGAP_EVAL_DEBUG") if k in os.environ}
+        with _slowed(server):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "initcontainer", "--dest", str(dest),
+                 "--workers", "1", "--engine", engine],
+                env=base | env, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            end = time.monotonic() + 30
+            while _placed(dest) < 2 and time.monotonic() < end:
+                time.sleep(0.005)
         server.kill()  # mid-transfer: a few files in place, the rest not
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode != 0, stderr
