@@ -21,7 +21,9 @@ import compileall
 import json
 import os
 import random
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,16 +84,19 @@ def races(
     work: Path,
     check: Callable[[Path], None],
 ) -> list[float]:
-    """Best of `runs` for each tool, alternating them: the server's state drifts between runs
-    (a second read of 2,000 objects is slower than the first), and all must see the same.
-    `check` runs on the dest of the last tool (ours) after each of its runs."""
+    """Best of `runs` for each tool, alternating them: the machine's state drifts between runs,
+    and all must see the same. `check` runs on the dest of the last tool (ours) after each of
+    its runs."""
     times: list[list[float]] = [[] for _ in tools]
-    dest = work / "dest"
-    for _ in range(runs):
-        for n, cmd_for in enumerate(tools):
+    dest, order = work / "dest", list(range(len(tools)))
+    for r in range(runs):
+        # Each round starts with another tool: the disk's writeback of the previous copy
+        # slows whoever comes next.
+        for n in order[r % len(order) :] + order[: r % len(order)]:
             shutil.rmtree(dest, ignore_errors=True)
-            times[n].append(timed(cmd_for(dest), env))
-        check(dest)
+            times[n].append(timed(tools[n](dest), env))
+            if n == len(tools) - 1:
+                check(dest)
     shutil.rmtree(dest, ignore_errors=True)
     return [min(t) for t in times]
 
@@ -124,8 +129,67 @@ def raw_s5cmd(s5cmd: str, endpoint: str, prefix: str) -> Callable[[Path], list[s
     return lambda d: [s5cmd, "--endpoint-url", endpoint, "cp", f"s3://{BUCKET}/{prefix}/*", f"{d}/"]
 
 
+def sync_args(prefix: str, dest: Path) -> list[str]:
+    return ["sync", "--bucket", BUCKET, "--prefix", prefix, "--dest", str(dest)]
+
+
 def our_sync(cli: str, prefix: str) -> Callable[[Path], list[str]]:
-    return lambda d: [cli, "sync", "--bucket", BUCKET, "--prefix", prefix, "--dest", str(d)]
+    return lambda d: [cli, *sync_args(prefix, d)]
+
+
+# `python -c PROFILED sync ...`: the CLI as run above, printing when it spawned the copy and
+# the CPU it and its s5cmd processes used.
+PROFILED = """
+import os, resource, sys, time
+t0, copy = float(os.environ["SYNC_BENCH_T0"]), []
+def hook(event, args):
+    if event == "subprocess.Popen" and "run" in args[1] and not copy:
+        copy.append(time.time() - t0)
+sys.addaudithook(hook)
+from airgap_eval.cli import main
+code = main()
+me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print("PROFILE", copy[0], me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile(
+    s5cmd: str, server: SeaweedS3, env: dict[str, str], work: Path, runs: int
+) -> list[tuple[str, list[float]]]:
+    """Medians of wall time, copy start, Python CPU, s5cmd CPU and server CPU: raw s5cmd cp
+    and our sync of the small tree, alternating."""
+    assert server.proc is not None
+    dest = work / "dest"
+    rows: dict[str, list[list[float]]] = {"raw s5cmd cp": [], "airgap-eval sync": []}
+    for _ in range(runs):
+        for name, samples in rows.items():
+            shutil.rmtree(dest, ignore_errors=True)
+            before, kids = cpu_s(server.proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.time()
+            if name == "raw s5cmd cp":
+                cmd = raw_s5cmd(s5cmd, server.endpoint, "small")(dest)
+            else:
+                cmd = [sys.executable, "-c", PROFILED, *sync_args("small", dest)]
+            proc = subprocess.run(cmd, env=env | {"SYNC_BENCH_T0": repr(t0)}, capture_output=True)
+            wall = time.time() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            used = after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime
+            if name == "raw s5cmd cp":
+                samples.append([wall, 0.0, 0.0, used, cpu_s(server.proc.pid) - before])
+            else:
+                line = next(ln for ln in proc.stderr.decode().splitlines() if "PROFILE" in ln)
+                copy, python, s5 = (float(x) for x in line.split()[1:])
+                samples.append([wall, copy, python, s5, cpu_s(server.proc.pid) - before])
+    shutil.rmtree(dest, ignore_errors=True)
+    return [
+        (name, [statistics.median(col) for col in zip(*s, strict=True)]) for name, s in rows.items()
+    ]
 
 
 def main() -> int:
@@ -171,12 +235,13 @@ def main() -> int:
 
             # Re-sync of the complete, unchanged mixed tree (each tool over its own copy).
             ours, theirs = work / "resync-ours", work / "resync-aws"
-            sync_ours = [cli, "sync", "--bucket", BUCKET, "--prefix", "mixed", "--dest", str(ours)]
+            sync_ours = [cli, *sync_args("mixed", ours)]
             sync_aws = [aws, *ep, "s3", "sync", "--quiet", f"s3://{BUCKET}/mixed/", str(theirs)]
             timed(sync_ours, env)
             timed(sync_aws, env)
             t_rs_ours = min(timed(sync_ours, env) for _ in range(max(runs, 3)))
             t_rs_aws = min(timed(sync_aws, env) for _ in range(max(runs, 3)))
+            where = profile(s5cmd, server, env, work, max(runs, 3))
 
     mode = "quick" if args.quick else "full"
     print(f"\nsync bench ({mode}, best of {runs} alternating races, local SeaweedFS; every file")
@@ -197,6 +262,11 @@ def main() -> int:
     print(f"{'re-sync, unchanged mixed':<28} {t_rs_aws:>8.2f}s {'':>9} {t_rs_ours:>6.2f}s "
           f"{t_rs_aws / t_rs_ours:>6.2f}x {'<=0.5s':>7}  (baseline: aws s3 sync)")  # fmt: skip
     print("all targets met" if ok else "some targets missed (the machine may be loaded: rerun)")
+    print(f"\nwhere the small tree's time goes (medians of {max(runs, 3)}; CPU of all cores):")
+    print(f"{'':18} {'wall':>6} {'copy starts':>12} {'Python CPU':>11} {'s5cmd CPU':>10} "
+          f"{'server CPU':>11}")  # fmt: skip
+    for name, (wall, copy, python, s5, srv) in where:
+        print(f"{name:18} {wall:>5.2f}s {copy:>11.2f}s {python:>10.2f}s {s5:>9.2f}s {srv:>10.2f}s")
     return 0
 
 
