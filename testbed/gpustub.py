@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.localservers import free_port, stop_process, wait_for_port
+from testbed.localservers import LocalEndpoint, free_port, stop_process, wait_for_port
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 2048
@@ -209,7 +209,7 @@ def serve(port: int, cfg: Config) -> None:
                 backlog=1024)  # fmt: skip
 
 
-class GpuStub:
+class GpuStub(LocalEndpoint):
     """The stub in its own process, on a free 127.0.0.1 port."""
 
     def __init__(self, cfg: Config | None = None, log_path: Path | None = None) -> None:
@@ -217,14 +217,6 @@ class GpuStub:
         self.port = free_port()
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         cfg = self.cfg

@@ -57,6 +57,21 @@ def stop_process(
         proc.wait()
 
 
+class LocalEndpoint:
+    """A server on 127.0.0.1:`port` that speaks the OpenAI API under /v1."""
+
+    port: int
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL (what `model.url` in a job spec gets)."""
+        return f"{self.root_url}/v1"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

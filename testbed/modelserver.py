@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from common.errors import ConfigError, DeadlineError, ModelEndpointError
-from testbed.localservers import free_port, stop_process
+from testbed.localservers import LocalEndpoint, free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON_ENV = "AIRGAP_EVAL_VLLM_PYTHON"
@@ -69,7 +69,7 @@ def _default_threads() -> int:
 
 
 @dataclass
-class VLLMServer:
+class VLLMServer(LocalEndpoint):
     """`with VLLMServer(model_dir) as server:` -> `server.base_url` serves `server.name`.
 
     Start it from the main thread: the parent-death signal is tied to the starting thread.
@@ -82,15 +82,6 @@ class VLLMServer:
     log_path: Path | None = None
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI-style base URL (what `model.url` in a job spec gets)."""
-        return f"{self.root_url}/v1"
 
     def command(self) -> list[str]:
         return [
@@ -199,7 +190,7 @@ class VLLMServer:
         self.stop()
 
 
-class RecordingProxy:
+class RecordingProxy(LocalEndpoint):
     """A pass-through HTTP proxy in front of a model server that records each request (path,
     arrival time on the monotonic clock, body) and can delay requests: it measures a client's
     time to its first request, counts the requests of a resumed run, and slows a run down
@@ -213,16 +204,9 @@ class RecordingProxy:
         self.arrivals: list[tuple[str, float, bytes]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = int(self._server.server_address[1])
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="proxy", daemon=True)
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.root_url}/v1"
 
     @staticmethod
     def scoring_request(path: str, body: bytes) -> bool:
