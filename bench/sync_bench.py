@@ -177,15 +177,14 @@ def profile(
             else:
                 cmd = [sys.executable, "-c", PROFILED, *sync_args("small", dest)]
             proc = subprocess.run(cmd, env=env | {"SYNC_BENCH_T0": repr(t0)}, capture_output=True)
-            wall = time.time() - t0
+            wall, served = time.time() - t0, cpu_s(server.proc.pid) - before
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            used = after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime
-            if name == "raw s5cmd cp":
-                samples.append([wall, 0.0, 0.0, used, cpu_s(server.proc.pid) - before])
-            else:
+            copy, python = 0.0, 0.0
+            s5 = after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime
+            if name != "raw s5cmd cp":  # its children delta holds Python too: take its split
                 line = next(ln for ln in proc.stderr.decode().splitlines() if "PROFILE" in ln)
                 copy, python, s5 = (float(x) for x in line.split()[1:])
-                samples.append([wall, copy, python, s5, cpu_s(server.proc.pid) - before])
+            samples.append([wall, copy, python, s5, served])
     shutil.rmtree(dest, ignore_errors=True)
     return [
         (name, [statistics.median(col) for col in zip(*s, strict=True)]) for name, s in rows.items()

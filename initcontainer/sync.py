@@ -28,6 +28,7 @@ from initcontainer.prefetch import INLINE_HASH_BYTES, Prefetch, Start, begin
 from initcontainer.state import SyncState, partial_root
 
 log = logging.getLogger(__name__)
+_REWRITTEN_HINT = "something is rewriting the prefix: rerun once it is done"
 
 
 @dataclass
@@ -277,9 +278,8 @@ def _fetch(
                         os.unlink(path)
         finally:
             prefetch.close()
-    rest = [i.download for i in wanted.values()]
     by_copy = {i.download: i for i in wanted.values()}
-    downloads = storage.download(rest, deadline)
+    downloads = storage.download(list(by_copy), deadline)
     try:
         for copy in downloads:
             lander.land(by_copy[copy])
@@ -318,13 +318,11 @@ def _manifest(
         body = storage.read_object(item.key, deadline)
         if body is None:
             raise NotFoundError(
-                f"{item.key} vanished from {cfg.source} while syncing",
-                "something is rewriting the prefix: rerun once it is done",
+                f"{item.key} vanished from {cfg.source} while syncing", _REWRITTEN_HINT
             )
     if len(body) != item.size:
         raise IntegrityError(
-            f"{item.rel}: read {len(body)} bytes, the listing says {item.size}",
-            "something is rewriting the prefix: rerun once it is done",
+            f"{item.rel}: read {len(body)} bytes, the listing says {item.size}", _REWRITTEN_HINT
         )
     manifest = _load_manifest(body, cfg)  # a broken manifest never lands
     # Written straight to its place, never through partial/: the copy may be writing there.
