@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common.errors import AirgapError, DeadlineError, Interrupted, UnreachableError, UnsafePathError
+from common.errors import AirgapError, Interrupted, UnreachableError, UnsafePathError
 from common.layout import validate_relative_key
 from common.logs import register_secret
 from common.s3settings import S3Connection
@@ -22,6 +22,8 @@ from common.storage import (
     error_for_code,
     folder,
     no_credentials,
+    timed_out,
+    unreachable,
     upload_failure,
     worst,
 )
@@ -81,7 +83,6 @@ def translate(exc: Exception, conn: S3Connection, bucket: str, what: str) -> Air
     """A botocore exception -> the typed error that says what to fix."""
     from botocore import exceptions as bx
 
-    where = conn.endpoint or "AWS S3"
     if isinstance(exc, bx.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -89,17 +90,9 @@ def translate(exc: Exception, conn: S3Connection, bucket: str, what: str) -> Air
     if isinstance(exc, bx.NoCredentialsError):
         return no_credentials(what)
     if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
-        return DeadlineError(
-            f"S3 endpoint {where} timed out while {what}",
-            "check that the endpoint is reachable from this pod (NetworkPolicy, proxy) "
-            "or raise the timeout",
-        )
+        return timed_out(conn, what)
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.SSLError)):
-        return UnreachableError(
-            f"cannot reach S3 endpoint {where} while {what}: {exc}",
-            "check AWS_S3_ENDPOINT (scheme, host, port) and the network path; for a private "
-            "CA set AWS_CA_BUNDLE",
-        )
+        return unreachable(conn, what, exc)
     return AirgapError(f"S3 failure while {what}: {type(exc).__name__}: {exc}")
 
 

@@ -24,9 +24,7 @@ from typing import IO, Any
 from common import storage
 from common.errors import (
     AirgapError,
-    DeadlineError,
     NotFoundError,
-    UnreachableError,
     UnsafePathError,
 )
 from common.s3 import Boto3Storage, with_default_credentials
@@ -95,21 +93,13 @@ def error_lines(output: str) -> list[str]:
 
 def classify(text: str, conn: S3Connection, bucket: str, what: str) -> AirgapError:
     """One s5cmd error text -> the same typed error boto3's would give."""
-    where = conn.endpoint or "AWS S3"
     low = text.lower()
     if "nocredentialproviders" in low:
         return storage.no_credentials(what)
     if any(s in low for s in _UNREACHABLE):
-        return UnreachableError(
-            f"cannot reach S3 endpoint {where} while {what}: {text}",
-            "check AWS_S3_ENDPOINT (scheme, host, port) and the network path; for a private "
-            "CA set AWS_CA_BUNDLE",
-        )
+        return storage.unreachable(conn, what, text)
     if "timeout" in low or "deadline exceeded" in low:
-        return DeadlineError(
-            f"S3 endpoint {where} timed out while {what}: {text}",
-            "check that the endpoint is reachable from this pod or raise the timeout",
-        )
+        return storage.timed_out(conn, what, text)
     code = m.group(1) if (m := _CODE.match(text)) else ""
     status = m.group(1) if (m := _STATUS.search(text)) else ""
     return storage.error_for_code(code, status, text, conn, bucket, what)
@@ -184,10 +174,7 @@ class S5cmdStorage(Boto3Storage):
                 timeout=min(timeout, deadline.remaining()) if deadline else timeout,
             )
         except subprocess.TimeoutExpired:
-            raise DeadlineError(
-                f"S3 endpoint {self.conn.endpoint or 'AWS S3'} timed out while reading {url}",
-                "check that the endpoint is reachable from this pod or raise the timeout",
-            ) from None
+            raise storage.timed_out(self.conn, f"reading {url}") from None
         if proc.returncode == 0:
             return proc.stdout
         errors = error_lines(proc.stderr.decode(errors="replace"))

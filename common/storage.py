@@ -176,6 +176,23 @@ def error_for_code(
     return AirgapError(f"S3 error while {what}: {code} {detail}", "check the S3 server logs")
 
 
+def unreachable(conn: S3Connection, what: str, detail: object) -> UnreachableError:
+    return UnreachableError(
+        f"cannot reach S3 endpoint {conn.endpoint or 'AWS S3'} while {what}: {detail}",
+        "check AWS_S3_ENDPOINT (scheme, host, port) and the network path; for a private "
+        "CA set AWS_CA_BUNDLE",
+    )
+
+
+def timed_out(conn: S3Connection, what: str, detail: object = None) -> DeadlineError:
+    return DeadlineError(
+        f"S3 endpoint {conn.endpoint or 'AWS S3'} timed out while {what}"
+        + (f": {detail}" if detail is not None else ""),
+        "check that the endpoint is reachable from this pod (NetworkPolicy, proxy) "
+        "or raise the timeout",
+    )
+
+
 def no_credentials(what: str) -> ConfigError:
     return ConfigError(
         f"no S3 credentials found while {what}",
