@@ -52,6 +52,7 @@ FROM locks AS source
 COPY pyproject.toml README.md /src/
 COPY airgap_eval /src/airgap_eval
 COPY common /src/common
+COPY tasks /src/tasks
 COPY initcontainer /src/initcontainer
 COPY adapter /src/adapter
 COPY sidecar /src/sidecar

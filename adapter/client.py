@@ -238,7 +238,9 @@ class AdaptiveRequests:
                 self.turn_aways += 1
                 if time.monotonic() - first + (e.retry_after or 0) > api.timeout:
                     raise aiohttp.ClientResponseError(
-                        e.info, (), status=e.status,
+                        e.info,
+                        (),
+                        status=e.status,
                         message=f"still turned away after {api.timeout:g}s (timeout)",
                     ) from None
                 await gate.pause(e.retry_after if e.retry_after is not None else 0.5)

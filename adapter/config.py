@@ -63,41 +63,80 @@ def parser(prog: str) -> argparse.ArgumentParser:
         description="Run an lm_eval job (EvalHub job spec) offline from the staged test data "
         "against an OpenAI-compatible model endpoint. See docs/adapter.md.",
     )
-    p.add_argument("--job-spec", type=Path,
-                   help=f"job spec JSON (env EVALHUB_JOB_SPEC_PATH; default {DEFAULT_JOB_SPEC})")
-    p.add_argument("--test-data", type=Path,
-                   help=f"staged data (env AIRGAP_EVAL_TEST_DATA; default {DEFAULT_TEST_DATA})")
-    p.add_argument("--output-dir", type=Path,
-                   help=f"results dir (env AIRGAP_EVAL_OUTPUT_DIR; default {DEFAULT_RESULTS})")
-    p.add_argument("--cache-dir", type=Path,
-                   help="request cache; on persistent storage a rerun resumes "
-                   "(env AIRGAP_EVAL_CACHE_DIR; default parameters.cache_dir, else WORK_DIR/requests)")
-    p.add_argument("--work-dir", type=Path,
-                   help="writable scratch for library caches (env AIRGAP_EVAL_WORK_DIR; "
-                   "default $TMPDIR/airgap-eval)")
-    p.add_argument("--task-index", type=Path,
-                   help="prebuilt task index (env AIRGAP_EVAL_TASK_INDEX)")
-    p.add_argument("--build-task-index", action="store_true",
-                   help="build the task index (image build time) and exit")
-    p.add_argument("--offline", choices=["auto", "on", "off"],
-                   help="offline mode (env AIRGAP_EVAL_OFFLINE; default auto: on when the "
-                   "test data holds a manifest or bundles; a test-data dir that does not exist "
-                   "is an error unless off)")
-    p.add_argument("--terminal-events", choices=["adapter", "sidecar"],
-                   help="who sends EvalHub's completed/failed event "
-                   "(env AIRGAP_EVAL_TERMINAL_EVENTS; default adapter)")
-    p.add_argument("--wait-uploaded", type=float, metavar="SECONDS",
-                   help="with --terminal-events sidecar: wait this long for the `uploaded` "
-                   "marker before exiting (env AIRGAP_EVAL_WAIT_UPLOADED; default 60)")
-    p.add_argument("--heartbeat", type=float, default=5.0, metavar="SECONDS",
-                   help="status.json refresh interval while running (default 5)")
+    p.add_argument(
+        "--job-spec",
+        type=Path,
+        help=f"job spec JSON (env EVALHUB_JOB_SPEC_PATH; default {DEFAULT_JOB_SPEC})",
+    )
+    p.add_argument(
+        "--test-data",
+        type=Path,
+        help=f"staged data (env AIRGAP_EVAL_TEST_DATA; default {DEFAULT_TEST_DATA})",
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        help=f"results dir (env AIRGAP_EVAL_OUTPUT_DIR; default {DEFAULT_RESULTS})",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="request cache; on persistent storage a rerun resumes "
+        "(env AIRGAP_EVAL_CACHE_DIR; default parameters.cache_dir, else WORK_DIR/requests)",
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        help="writable scratch for library caches (env AIRGAP_EVAL_WORK_DIR; "
+        "default $TMPDIR/airgap-eval)",
+    )
+    p.add_argument(
+        "--task-index", type=Path, help="prebuilt task index (env AIRGAP_EVAL_TASK_INDEX)"
+    )
+    p.add_argument(
+        "--build-task-index",
+        action="store_true",
+        help="build the task index (image build time) and exit",
+    )
+    p.add_argument(
+        "--offline",
+        choices=["auto", "on", "off"],
+        help="offline mode (env AIRGAP_EVAL_OFFLINE; default auto: on when the "
+        "test data holds a manifest or bundles; a test-data dir that does not exist "
+        "is an error unless off)",
+    )
+    p.add_argument(
+        "--terminal-events",
+        choices=["adapter", "sidecar"],
+        help="who sends EvalHub's completed/failed event "
+        "(env AIRGAP_EVAL_TERMINAL_EVENTS; default adapter)",
+    )
+    p.add_argument(
+        "--wait-uploaded",
+        type=float,
+        metavar="SECONDS",
+        help="with --terminal-events sidecar: wait this long for the `uploaded` "
+        "marker before exiting (env AIRGAP_EVAL_WAIT_UPLOADED; default 60)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="status.json refresh interval while running (default 5)",
+    )
     g = p.add_argument_group("stand-alone use (no job spec file) and overrides of the spec")
     g.add_argument("--tasks", help="comma-separated lm_eval tasks/groups (parameters.tasks)")
     g.add_argument("--model-url", help="model.url")
     g.add_argument("--model-name", help="model.name")
     g.add_argument("--limit", type=float, help="num_examples")
-    g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a parameters field (VALUE parsed as JSON when it parses), repeatable")
+    g.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameters field (VALUE parsed as JSON when it parses), repeatable",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -125,8 +164,9 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         overrides["parameters"]["tasks"] = tasks
         overrides["benchmark_id"] = args.tasks
     if args.model_url or args.model_name:
-        overrides["model"] = {k: v for k, v in (("url", args.model_url),
-                                                 ("name", args.model_name)) if v}
+        overrides["model"] = {
+            k: v for k, v in (("url", args.model_url), ("name", args.model_name)) if v
+        }
     if args.limit is not None:
         overrides["num_examples"] = int(args.limit) if args.limit >= 1 else None
         if args.limit < 1:
@@ -143,13 +183,17 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
 
     terminal = _pick(env, args.terminal_events, "AIRGAP_EVAL_TERMINAL_EVENTS", "adapter")
     offline = _pick(env, args.offline, "AIRGAP_EVAL_OFFLINE", "auto")
-    for name, value, allowed in (("AIRGAP_EVAL_TERMINAL_EVENTS", terminal, ("adapter", "sidecar")),
-                                 ("AIRGAP_EVAL_OFFLINE", offline, ("auto", "on", "off"))):
+    for name, value, allowed in (
+        ("AIRGAP_EVAL_TERMINAL_EVENTS", terminal, ("adapter", "sidecar")),
+        ("AIRGAP_EVAL_OFFLINE", offline, ("auto", "on", "off")),
+    ):
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not one of {allowed}", f"set {name} correctly")
     seconds = {}
-    for var, flag, default in (("AIRGAP_EVAL_WAIT_UPLOADED", args.wait_uploaded, 60),
-                               ("AIRGAP_EVAL_ONLINE_TIMEOUT", None, 60)):
+    for var, flag, default in (
+        ("AIRGAP_EVAL_WAIT_UPLOADED", args.wait_uploaded, 60),
+        ("AIRGAP_EVAL_ONLINE_TIMEOUT", None, 60),
+    ):
         try:
             seconds[var] = float(_pick(env, flag, var, default))
         except ValueError:
@@ -165,8 +209,14 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         overrides=overrides,
         test_data=Path(_pick(env, args.test_data, "AIRGAP_EVAL_TEST_DATA", DEFAULT_TEST_DATA)),
         output_dir=Path(_pick(env, args.output_dir, "AIRGAP_EVAL_OUTPUT_DIR", DEFAULT_RESULTS)),
-        work_dir=Path(_pick(env, args.work_dir, "AIRGAP_EVAL_WORK_DIR",
-                            Path(tempfile.gettempdir()) / "airgap-eval")),
+        work_dir=Path(
+            _pick(
+                env,
+                args.work_dir,
+                "AIRGAP_EVAL_WORK_DIR",
+                Path(tempfile.gettempdir()) / "airgap-eval",
+            )
+        ),
         cache_dir=Path(cache) if cache else None,
         task_index=Path(index) if index else None,
         offline=offline,
@@ -227,7 +277,10 @@ def read_job(settings: Settings) -> tuple[dict[str, Any], RunParameters, list[st
 
 
 def prepare_job(
-    settings: Settings, data: dict[str, Any], params: RunParameters, tasks: list[str],
+    settings: Settings,
+    data: dict[str, Any],
+    params: RunParameters,
+    tasks: list[str],
     env: Mapping[str, str],
 ) -> RunConfig:
     spec = parse_job_spec(data, f"job spec {settings.job_spec or '(from flags)'}")

@@ -110,7 +110,9 @@ class BuiltTasks:
 def build_tasks(names: list[str], folders: list[Path], metadata: dict[str, Any]) -> BuiltTasks:
     """Build only the requested tasks, from their config folders (their data loads here,
     through the seam)."""
-    tm = TaskManager(include_defaults=False, include_path=[str(f) for f in folders], metadata=metadata)
+    tm = TaskManager(
+        include_defaults=False, include_path=[str(f) for f in folders], metadata=metadata
+    )
     loaded = tm.load(names)
     children = set(itertools.chain.from_iterable(loaded["group_map"].values()))
     top = [g for n, g in loaded["groups"].items() if n not in children]
@@ -127,21 +129,29 @@ def _failure(e: BaseException, progress: RunProgress, cache: str) -> AirgapError
     )
     resume = "rerun the same job (same cache dir) once the endpoint is healthy"
     if isinstance(e, aiohttp.ClientResponseError | requests.HTTPError):
-        status = e.status if isinstance(e, aiohttp.ClientResponseError) else (
-            e.response.status_code if e.response is not None else 0
+        status = (
+            e.status
+            if isinstance(e, aiohttp.ClientResponseError)
+            else (e.response.status_code if e.response is not None else 0)
         )
         if status in (401, 403):
-            return AuthError(f"model endpoint refused a request (HTTP {status}){kept}",
-                             "check the model API key")
-        return ModelEndpointError(f"a model request failed after all retries: HTTP {status} "
-                                  f"{str(e)[:200]}{kept}", resume)
+            return AuthError(
+                f"model endpoint refused a request (HTTP {status}){kept}", "check the model API key"
+            )
+        return ModelEndpointError(
+            f"a model request failed after all retries: HTTP {status} {str(e)[:200]}{kept}", resume
+        )
     if isinstance(e, asyncio.TimeoutError | TimeoutError | requests.Timeout):
-        return DeadlineError(f"a model request timed out after all retries{kept}",
-                             f"raise parameters.timeout or lower num_concurrent; {resume}")
+        return DeadlineError(
+            f"a model request timed out after all retries{kept}",
+            f"raise parameters.timeout or lower num_concurrent; {resume}",
+        )
     if isinstance(e, aiohttp.ClientError | requests.ConnectionError | ConnectionError):
         return UnreachableError(f"the model endpoint became unreachable: {e}{kept}", resume)
-    return EvaluationError(f"lm_eval failed: {type(e).__name__}: {str(e)[:500]}{kept}",
-                           "rerun with AIRGAP_EVAL_DEBUG=1 for the traceback")
+    return EvaluationError(
+        f"lm_eval failed: {type(e).__name__}: {str(e)[:500]}{kept}",
+        "rerun with AIRGAP_EVAL_DEBUG=1 for the traceback",
+    )
 
 
 def run(
@@ -164,8 +174,12 @@ def run(
 ) -> dict[str, Any]:
     seeds: dict[str, Any] = {}
     if seed is not None:
-        seeds = {"random_seed": seed, "numpy_random_seed": seed, "torch_random_seed": seed,
-                 "fewshot_random_seed": seed}
+        seeds = {
+            "random_seed": seed,
+            "numpy_random_seed": seed,
+            "torch_random_seed": seed,
+            "fewshot_random_seed": seed,
+        }
     optional: dict[str, Any] = {}
     if bootstrap_iters is not None:
         optional["bootstrap_iters"] = bootstrap_iters
@@ -207,7 +221,9 @@ def save(
 ) -> list[Path]:
     """Write results + samples through EvaluationTracker; return the files written."""
     before = set(output_dir.glob("*.json*"))
-    results["config"]["model"] = f"airgap-{'chat-' if settings.model_type == 'chat' else ''}completions"
+    results["config"]["model"] = (
+        f"airgap-{'chat-' if settings.model_type == 'chat' else ''}completions"
+    )
     results["config"]["model_args"] = settings.lm_args()
     tracker.general_config_tracker.model_source = results["config"]["model"]
     tracker.general_config_tracker.model_name = settings.name

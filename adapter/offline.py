@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import MissingDataError
-from common.layout import BUNDLE_MARKER, MANIFEST_NAME
+from common.layout import BUNDLE_MARKER, MANIFEST_NAME, NLTK_DIR_NAME
 
 log = logging.getLogger(__name__)
 
 HEAVY_MODULES = ("datasets", "transformers", "huggingface_hub", "lm_eval", "evaluate", "nltk")
-NLTK_DIR_NAME = "nltk_data"  # staged nltk data: <test_data>/nltk_data/tokenizers/punkt_tab
 
 
 @dataclass(frozen=True)

@@ -35,16 +35,19 @@ class RunParameters(BaseModel):
         default=None, ge=0, validation_alias=AliasChoices("num_fewshot", "num_few_shot")
     )
     batch_size: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="prompts per API request; default: several per loglikelihood request "
         "when num_concurrent is unset too, else one",
     )
     num_concurrent: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="parallel API requests, exactly; default: adaptive, up to max_concurrent",
     )
     max_concurrent: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="ceiling of the adaptive concurrency (default "
         f"{MAX_CONCURRENT}; AIRGAP_EVAL_MAX_CONCURRENT beats it)",
     )

@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapter.datacheck import (
+from common.errors import (
+    AuthError,
+    ConfigError,
+    MissingDataError,
+    ModelEndpointError,
+    UnreachableError,
+)
+from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, TOKENIZER_DIR_NAME
+from common.manifest import Manifest
+from common.network import StepTimeout, hub_endpoint, run_bounded
+from tasks.datacheck import (
     TOKENIZER_ITEM,
     Item,
     TreeCheck,
@@ -27,18 +37,7 @@ from adapter.datacheck import (
     tokenizer_item,
     tokenizer_load_error,
 )
-from adapter.offline import NLTK_DIR_NAME
-from adapter.taskplan import TaskPlan
-from common.errors import (
-    AuthError,
-    ConfigError,
-    MissingDataError,
-    ModelEndpointError,
-    UnreachableError,
-)
-from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
-from common.manifest import Manifest
-from common.network import StepTimeout, hub_endpoint, run_bounded
+from tasks.plan import TaskPlan
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,14 @@ def _problem_lines(test_data: Path, bad: list[Item]) -> list[str]:
     ]
 
 
-def _fix(test_data: Path, tasks: list[str], bad: list[Item], manifest: Manifest | None,
-         tokenizer: str | None, include_path: list[Path]) -> str:
+def _fix(
+    test_data: Path,
+    tasks: list[str],
+    bad: list[Item],
+    manifest: Manifest | None,
+    tokenizer: str | None,
+    include_path: list[Path],
+) -> str:
     retry = list(dict.fromkeys(i.task for i in bad if i.task != TOKENIZER_ITEM)) or tasks
     src = manifest.tokenizer if manifest else tokenizer
     return stage_command(retry, test_data, src, include_path)
@@ -112,16 +117,19 @@ def check_tree(
     return check
 
 
-def read_data(test_data: Path, tasks: list[str], check: TreeCheck,
-              include_path: list[Path]) -> None:
+def read_data(
+    test_data: Path, tasks: list[str], check: TreeCheck, include_path: list[Path]
+) -> None:
     """The slow half: each bundle loads (once; `check.data` keeps it for the seam) and holds
     the splits its tasks index."""
     manifest = _manifest(test_data)
     read_bundles(check, manifest)
     bad = check.problems
     if bad:
-        fail_on_problems(_problem_lines(test_data, bad),
-                         _fix(test_data, tasks, bad, manifest, None, include_path))
+        fail_on_problems(
+            _problem_lines(test_data, bad),
+            _fix(test_data, tasks, bad, manifest, None, include_path),
+        )
 
 
 def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> str | None:
@@ -163,7 +171,11 @@ def online_tokenizer_problem(source: str, timeout_s: float) -> str | None:
 
 def missing_tokenizer(test_data: Path, requested: str | None) -> str:
     manifest = _manifest(test_data)
-    staged = f" (the tree was staged for {manifest.tokenizer})" if manifest and manifest.tokenizer else ""
+    staged = (
+        f" (the tree was staged for {manifest.tokenizer})"
+        if manifest and manifest.tokenizer
+        else ""
+    )
     want = f"tokenizer {requested}" if requested else "a tokenizer"
     return f"{want} is not staged under {test_data / TOKENIZER_DIR_NAME}{staged}"
 
@@ -225,15 +237,22 @@ def _get_models(base: str, api_key: str | None, verify: bool) -> dict[str, Any] 
         return None
 
 
-def _probe(url: str, payload: dict[str, Any], api_key: str | None, verify: bool,
-           attempts: int, timeout: float) -> dict[str, Any]:
+def _probe(
+    url: str,
+    payload: dict[str, Any],
+    api_key: str | None,
+    verify: bool,
+    attempts: int,
+    timeout: float,
+) -> dict[str, Any]:
     import requests
 
     last = ""
     for attempt in range(1, attempts + 1):
         try:
-            r = requests.post(url, json=payload, headers=_headers(api_key),
-                              timeout=timeout, verify=verify)
+            r = requests.post(
+                url, json=payload, headers=_headers(api_key), timeout=timeout, verify=verify
+            )
         except requests.exceptions.RequestException as e:
             last = f"{type(e).__name__}: {str(e)[:200]}"
         else:
@@ -256,9 +275,17 @@ def _probe(url: str, payload: dict[str, Any], api_key: str | None, verify: bool,
     )
 
 
-def check_endpoint(base: str, model: str, model_type: str, api_key: str | None, *,
-                   verify: bool = True, attempts: int = 3, timeout: float = 60.0,
-                   meanwhile: Callable[[], None] | None = None) -> Endpoint:
+def check_endpoint(
+    base: str,
+    model: str,
+    model_type: str,
+    api_key: str | None,
+    *,
+    verify: bool = True,
+    attempts: int = 3,
+    timeout: float = 60.0,
+    meanwhile: Callable[[], None] | None = None,
+) -> Endpoint:
     """/v1/models (reachable? key accepted? model served? max_model_len) + one request.
     `meanwhile` runs once the listing passed, before the test request (the run starts its
     heavy imports there, so a wrong URL, key or model name fails without them)."""
@@ -276,29 +303,47 @@ def check_endpoint(base: str, model: str, model_type: str, api_key: str | None, 
     if meanwhile is not None:
         meanwhile()
     if model_type == "chat":
-        _probe(f"{base}/chat/completions",
-               {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
-               api_key, verify, attempts, timeout)
+        _probe(
+            f"{base}/chat/completions",
+            {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+            api_key,
+            verify,
+            attempts,
+            timeout,
+        )
         return Endpoint(max_len, echo_logprobs=False)
-    body = _probe(f"{base}/completions",
-                  {"model": model, "prompt": "Hello world", "max_tokens": 1, "temperature": 0,
-                   "logprobs": 1, "echo": True},
-                  api_key, verify, attempts, timeout)
+    body = _probe(
+        f"{base}/completions",
+        {
+            "model": model,
+            "prompt": "Hello world",
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": 1,
+            "echo": True,
+        },
+        api_key,
+        verify,
+        attempts,
+        timeout,
+    )
     try:
         token_logprobs = body["choices"][0]["logprobs"]["token_logprobs"]
         echo = isinstance(token_logprobs, list) and len(token_logprobs) >= 2
     except (KeyError, IndexError, TypeError):
         echo = False
-    log.info("endpoint %s ok (model %s, max_model_len %s, echo logprobs %s)",
-             base, model, max_len, echo)
+    log.info(
+        "endpoint %s ok (model %s, max_model_len %s, echo logprobs %s)", base, model, max_len, echo
+    )
     return Endpoint(max_len, echo)
 
 
 # --- the built tasks ---------------------------------------------------------------------
 
 
-def check_tasks(tasks: dict[str, Any], model_type: str, endpoint: Endpoint,
-                allow_code: bool) -> None:
+def check_tasks(
+    tasks: dict[str, Any], model_type: str, endpoint: Endpoint, allow_code: bool
+) -> None:
     """Refuse what cannot work, before any request: one error naming every task."""
     scoring = sorted(n for n, t in tasks.items() if t.OUTPUT_TYPE in LOGLIKELIHOOD_TYPES)
     if scoring and model_type == "chat":

@@ -23,14 +23,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapter import egress, offline, preflight, taskindex, taskplan
+from adapter import egress, offline, preflight
 from adapter.config import RunConfig, Settings, prepare_job, read_job
-from adapter.datacheck import TreeCheck, stage_command
 from adapter.events import Events, SdkAdapter, job_results, primary_definition
 from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
 from common.errors import MissingDataError
 from common.evalhub_metrics import evalhub_metrics, primary_score
 from common.logs import register_secret
+from tasks.datacheck import TreeCheck, stage_command
+from tasks.index import (
+    Resolution,
+    build_index,
+    default_index_path,
+    load_index,
+    resolve_tasks,
+    unknown_tasks_error,
+    write_index,
+)
+from tasks.plan import TaskPlan, plan_tasks
 
 if TYPE_CHECKING:
     from evalhub.adapter import JobResults
@@ -45,8 +55,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Resolved:
-    resolution: taskindex.Resolution
-    plan: taskplan.TaskPlan
+    resolution: Resolution
+    plan: TaskPlan
 
 
 @dataclass(frozen=True)
@@ -143,15 +153,13 @@ class Run:
     # --- resolve ------------------------------------------------------------------------
 
     def resolve(self, cfg: RunConfig) -> Resolved:
-        index = taskindex.load_index(cfg.task_index, list(cfg.include_path))
-        resolution = taskindex.resolve(list(cfg.tasks), index)
+        index = load_index(cfg.task_index, list(cfg.include_path))
+        resolution = resolve_tasks(list(cfg.tasks), index)
         if resolution.unknown:
-            raise taskindex.unknown_tasks_error(
-                resolution.unknown, index, "add parameters.include_path"
-            )
+            raise unknown_tasks_error(resolution.unknown, index, "add parameters.include_path")
         # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
         # goes by the manifest's record for them, the seam finds their bundle later.
-        plan = taskplan.plan_tasks(resolution, index, import_classes=False)
+        plan = plan_tasks(resolution, index, import_classes=False)
         return Resolved(resolution, plan)
 
     # --- preflight ----------------------------------------------------------------------
@@ -164,24 +172,37 @@ class Run:
         if self.offline:
             tokenizer = (
                 preflight.tokenizer_source(s.test_data, p.tokenizer, offline=True)
-                if completions else None
+                if completions
+                else None
             )
             check = preflight.check_tree(
-                s.test_data, names, resolved.plan, tokenizer or p.tokenizer,
-                list(cfg.include_path), need_tokenizer=completions,
+                s.test_data,
+                names,
+                resolved.plan,
+                tokenizer or p.tokenizer,
+                list(cfg.include_path),
+                need_tokenizer=completions,
             )
         else:
             tokenizer = (p.tokenizer or cfg.spec.model.name) if completions else None
-            if tokenizer and (problem := preflight.online_tokenizer_problem(
-                    tokenizer, s.online_timeout_s)):
-                preflight.fail_on_problems([problem], stage_command(
-                    names, s.test_data, p.tokenizer, list(cfg.include_path)))
+            if tokenizer and (
+                problem := preflight.online_tokenizer_problem(tokenizer, s.online_timeout_s)
+            ):
+                preflight.fail_on_problems(
+                    [problem],
+                    stage_command(names, s.test_data, p.tokenizer, list(cfg.include_path)),
+                )
         # The heavy imports run while the test request waits on the network.
         importer = threading.Thread(target=_import_heavy, name="heavy-imports", daemon=True)
         try:
             endpoint = preflight.check_endpoint(
-                api_base(cfg.spec.model.url), cfg.spec.model.name, p.model_type, cfg.api_key,
-                verify=p.verify_certificate, attempts=p.max_retries, timeout=p.timeout,
+                api_base(cfg.spec.model.url),
+                cfg.spec.model.name,
+                p.model_type,
+                cfg.api_key,
+                verify=p.verify_certificate,
+                attempts=p.max_retries,
+                timeout=p.timeout,
                 meanwhile=importer.start,
             )
         finally:  # never exit with an import half done on another thread
@@ -198,8 +219,9 @@ class Run:
 
         s, p = cfg.settings, cfg.params
         if prepared.check is not None:
-            preflight.read_data(s.test_data, list(cfg.tasks), prepared.check,
-                                list(cfg.include_path))
+            preflight.read_data(
+                s.test_data, list(cfg.tasks), prepared.check, list(cfg.include_path)
+            )
             seam.install(s.test_data, prepared.check.data)  # before any task module imports
         settings = model_settings(cfg, prepared)
         metadata: dict[str, Any] = {
@@ -208,8 +230,7 @@ class Run:
             "max_length": settings.max_length,
         } | (p.metadata or {})
         built = ev.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
-        preflight.check_tasks(built.tasks, p.model_type, prepared.endpoint,
-                              p.allow_code_execution)
+        preflight.check_tasks(built.tasks, p.model_type, prepared.endpoint, p.allow_code_execution)
         progress = RunProgress()
         self.writer.progress = progress.snapshot
         return Loaded(settings, built, make_model(settings, progress), progress)
@@ -248,13 +269,15 @@ class Run:
 
     # --- publish ------------------------------------------------------------------------
 
-    def publish(self, cfg: RunConfig, settings: ModelSettings, results: dict[str, Any],
-                seconds: float) -> JobResults:
+    def publish(
+        self, cfg: RunConfig, settings: ModelSettings, results: dict[str, Any], seconds: float
+    ) -> JobResults:
         from adapter import evaluate as ev
         from adapter.outputs import redact_files
 
-        files = ev.save(results, self.tracker, cfg.settings.output_dir, settings,
-                        cfg.params.log_samples)
+        files = ev.save(
+            results, self.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
+        )
         redact_files(files)
         spec = cfg.spec
         metrics = evalhub_metrics(results, spec.benchmark_id, list(cfg.tasks))
@@ -290,8 +313,9 @@ def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:
         num_concurrent=p.num_concurrent and min(p.num_concurrent, MAX_CONCURRENT),
         # The env's ceiling beats the spec's, as every env setting does (an operator's guard
         # for a shared server).
-        max_concurrent=min(cfg.settings.max_concurrent or p.max_concurrent or MAX_CONCURRENT,
-                           MAX_CONCURRENT),
+        max_concurrent=min(
+            cfg.settings.max_concurrent or p.max_concurrent or MAX_CONCURRENT, MAX_CONCURRENT
+        ),
         max_retries=p.max_retries,
         timeout=p.timeout,
         batch_size=p.batch_size,
@@ -324,8 +348,8 @@ def _version(dist: str) -> str:
 
 
 def build_task_index(path: Path | None) -> int:
-    path = path or taskindex.default_index_path()
-    index = taskindex.build_index()
-    taskindex.write_index(path, index)
+    path = path or default_index_path()
+    index = build_index()
+    write_index(path, index)
     log.info("task index: %d names -> %s", len(index["entries"]), path)
     return 0

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapter.bundles import locate
 from common.errors import ConfigError, MissingDataError
+from tasks.bundles import locate
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP = REPO / "deploy" / "podman" / "setup.sh"
-IMAGES = {"initcontainer": "airgap-eval-init", "sidecar": "airgap-eval-sidecar", "adapter": "airgap-eval-adapter"}
+IMAGES = {
+    "initcontainer": "airgap-eval-init",
+    "sidecar": "airgap-eval-sidecar",
+    "adapter": "airgap-eval-adapter",
+}
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 SITE = "/opt/airgap-eval/lib/python3.11/site-packages"
 
@@ -67,7 +71,8 @@ def main() -> int:
             sys.exit(proc.stderr)
         print(f"setup.sh: {time.monotonic() - start:.0f} s\n")
     base = next(
-        line for line in podman("images", "--format", "{{.Repository}}:{{.Tag}}").split()
+        line
+        for line in podman("images", "--format", "{{.Repository}}:{{.Tag}}").split()
         if line.startswith("localhost/airgap-eval-base:")
     )
     base_mb = size_mb(base)

@@ -79,14 +79,19 @@ def plain_task_dir(root: Path, bundle: Path, name: str = "plain_tasks") -> Path:
     import lm_eval
     import yaml
 
-    cfg = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml").read_text())
+    cfg = yaml.safe_load(
+        (Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml").read_text()
+    )
     cfg.pop("tag", None)
     cfg |= {
         "task": f"{TASK}_local",
         "dataset_path": "arrow",
         "dataset_name": None,
         "dataset_kwargs": {
-            "data_files": {s: str(bundle / s / "data-00000-of-00001.arrow") for s in ("train", "validation", "test")}
+            "data_files": {
+                s: str(bundle / s / "data-00000-of-00001.arrow")
+                for s in ("train", "validation", "test")
+            }
         },
     }
     out = root / name
@@ -111,7 +116,9 @@ def _failing(cmd: list[str], env: dict[str, str], log: Path) -> float:
     return seconds
 
 
-def _timed(cmd: list[str], proxy: RecordingProxy, env: dict[str, str], log: Path) -> tuple[float, float, int]:
+def _timed(
+    cmd: list[str], proxy: RecordingProxy, env: dict[str, str], log: Path
+) -> tuple[float, float, int]:
     t0 = time.monotonic()
     with log.open("w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=1800)
@@ -123,15 +130,28 @@ def _timed(cmd: list[str], proxy: RecordingProxy, env: dict[str, str], log: Path
     return first - t0, end - t0, proxy.count(since=t0)
 
 
-def run_airgap(n: int, root: Path, test_data: Path, proxy: RecordingProxy, args: argparse.Namespace) -> Timing:
+def run_airgap(
+    n: int, root: Path, test_data: Path, proxy: RecordingProxy, args: argparse.Namespace
+) -> Timing:
     work = root / f"airgap-{n}"
     work.mkdir()
-    verdict = _failing(_airgap_cmd(work, root / "no-bundle", "missing", proxy, args), dict(os.environ), work / "verdict.log")
-    startup, whole, count = _timed(_airgap_cmd(work, test_data, "results", proxy, args), proxy, dict(os.environ), work / "run.log")
+    verdict = _failing(
+        _airgap_cmd(work, root / "no-bundle", "missing", proxy, args),
+        dict(os.environ),
+        work / "verdict.log",
+    )
+    startup, whole, count = _timed(
+        _airgap_cmd(work, test_data, "results", proxy, args),
+        proxy,
+        dict(os.environ),
+        work / "run.log",
+    )
     return Timing(startup, whole, count, _acc(work / "results", TASK), verdict)
 
 
-def _airgap_cmd(work: Path, test_data: Path, out: str, proxy: RecordingProxy, args: argparse.Namespace) -> list[str]:
+def _airgap_cmd(
+    work: Path, test_data: Path, out: str, proxy: RecordingProxy, args: argparse.Namespace
+) -> list[str]:
     spec = {
         "id": f"bench-{work.name}",
         "benchmark_id": TASK,
@@ -147,7 +167,14 @@ def _airgap_cmd(work: Path, test_data: Path, out: str, proxy: RecordingProxy, ar
     ]  # fmt: skip
 
 
-def run_plain(n: int, root: Path, tasks_dir: Path, tokenizer: Path, proxy: RecordingProxy, args: argparse.Namespace) -> Timing:
+def run_plain(
+    n: int,
+    root: Path,
+    tasks_dir: Path,
+    tokenizer: Path,
+    proxy: RecordingProxy,
+    args: argparse.Namespace,
+) -> Timing:
     work = root / f"plain-{n}"
     work.mkdir()
     env = dict(os.environ) | {
@@ -156,12 +183,25 @@ def run_plain(n: int, root: Path, tasks_dir: Path, tokenizer: Path, proxy: Recor
         "TRANSFORMERS_OFFLINE": "1",
         "HF_HOME": str(work / "hf"),
     }
-    verdict = _failing(_plain_cmd(work, root / "plain_tasks_missing", tokenizer, "missing", proxy, args), env, work / "verdict.log")
-    startup, whole, count = _timed(_plain_cmd(work, tasks_dir, tokenizer, "results", proxy, args), proxy, env, work / "run.log")
+    verdict = _failing(
+        _plain_cmd(work, root / "plain_tasks_missing", tokenizer, "missing", proxy, args),
+        env,
+        work / "verdict.log",
+    )
+    startup, whole, count = _timed(
+        _plain_cmd(work, tasks_dir, tokenizer, "results", proxy, args), proxy, env, work / "run.log"
+    )
     return Timing(startup, whole, count, _acc(work / "results", f"{TASK}_local"), verdict)
 
 
-def _plain_cmd(work: Path, tasks_dir: Path, tokenizer: Path, out: str, proxy: RecordingProxy, args: argparse.Namespace) -> list[str]:
+def _plain_cmd(
+    work: Path,
+    tasks_dir: Path,
+    tokenizer: Path,
+    out: str,
+    proxy: RecordingProxy,
+    args: argparse.Namespace,
+) -> list[str]:
     model_args = ",".join(
         [
             "model=tiny",
@@ -186,7 +226,9 @@ def _median(xs: list[Timing], attr: str) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--limit", type=int, default=200, help="arc_easy docs per run (4 requests each)")
+    ap.add_argument(
+        "--limit", type=int, default=200, help="arc_easy docs per run (4 requests each)"
+    )
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
@@ -206,7 +248,10 @@ def main() -> int:
         shutil.rmtree(root / "no-bundle" / ARC_SLUG)
         plain_task_dir(root, root / "no-bundle" / ARC_SLUG, "plain_tasks_missing")
         print("starting vLLM (CPU) ...", flush=True)
-        with VLLMServer(assets.model, log_path=root / "vllm.log") as server, RecordingProxy(server.root_url) as proxy:
+        with (
+            VLLMServer(assets.model, log_path=root / "vllm.log") as server,
+            RecordingProxy(server.root_url) as proxy,
+        ):
             print("warm-up runs (not counted) ...", flush=True)
             run_airgap(0, root, test_data, proxy, args)
             run_plain(0, root, tasks_dir, test_data / "tokenizer", proxy, args)
@@ -224,10 +269,14 @@ def main() -> int:
 
 
 def report(ours: list[Timing], plain: list[Timing], rows: str, args: argparse.Namespace) -> None:
-    assert {t.requests for t in ours} == {t.requests for t in plain}, "the two tools sent different request counts"
+    assert {t.requests for t in ours} == {t.requests for t in plain}, (
+        "the two tools sent different request counts"
+    )
     assert {t.acc for t in ours} == {t.acc for t in plain}, "the two tools scored differently"
     m: dict[str, Any] = {
-        name: {attr: _median(runs, attr) for attr in ("verdict", "startup", "whole", "request_phase")}
+        name: {
+            attr: _median(runs, attr) for attr in ("verdict", "startup", "whole", "request_phase")
+        }
         for name, runs in (("airgap", ours), ("plain", plain))
     }
     startup_ratio = m["plain"]["startup"] / m["airgap"]["startup"]
@@ -236,12 +285,18 @@ def report(ours: list[Timing], plain: list[Timing], rows: str, args: argparse.Na
     print(f"\nrows: {rows}; arc_easy limit {args.limit} -> {ours[0].requests} requests; "
           f"concurrency {args.concurrency}; medians of {args.repeats} runs; acc {ours[0].acc:.4f} (both)")  # fmt: skip
     print(f"{'':24}{'airgap-eval run':>18}{'plain lm_eval':>16}")
-    rows_ = (("verdict", "verdict (missing bundle)"), ("startup", "start-up to 1st request"),
-             ("whole", "whole run"), ("request_phase", "request phase"))
+    rows_ = (
+        ("verdict", "verdict (missing bundle)"),
+        ("startup", "start-up to 1st request"),
+        ("whole", "whole run"),
+        ("request_phase", "request phase"),
+    )
     for attr, label in rows_:
         print(f"{label:24}{m['airgap'][attr]:>17.2f}s{m['plain'][attr]:>15.2f}s")
-    print(f"\nverdict: {m['airgap']['verdict']:.2f}s (target <= 1 s), plain lm_eval "
-          f"{m['plain']['verdict']:.2f}s; first request: {m['airgap']['startup']:.2f}s (target <= 1.5 s)")
+    print(
+        f"\nverdict: {m['airgap']['verdict']:.2f}s (target <= 1 s), plain lm_eval "
+        f"{m['plain']['verdict']:.2f}s; first request: {m['airgap']['startup']:.2f}s (target <= 1.5 s)"
+    )
     print(f"start-up ratio (plain / airgap): {startup_ratio:.1f}x   (target >= 5x)")
     print(f"whole-run ratio (airgap / plain): {whole_ratio:.2f}x   (target <= 1.1x)")
     print(f"request-phase ratio (airgap / plain): {phase_ratio:.2f}x   (the request path alone)")

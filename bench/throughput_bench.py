@@ -76,7 +76,9 @@ class Job:
 # --- data ------------------------------------------------------------------------------------
 
 
-def build_data(root: Path, arc_docs: int | None, hellaswag_docs: int, tokenizer: Path | None) -> Path:
+def build_data(
+    root: Path, arc_docs: int | None, hellaswag_docs: int, tokenizer: Path | None
+) -> Path:
     """Real rows (../shared/benchmarks), arc_easy and hellaswag test/validation splits cut."""
     import datasets
 
@@ -84,7 +86,10 @@ def build_data(root: Path, arc_docs: int | None, hellaswag_docs: int, tokenizer:
     subprocess.run([sys.executable, str(SHARED / "build_bundles.py"), "--out", str(out),
                     "--no-legacy-aliases", "--blimp", "adjunct_island"],
                    check=True, capture_output=True)  # fmt: skip
-    for task, split, n in (("arc_easy", "test", arc_docs), ("hellaswag", "validation", hellaswag_docs)):
+    for task, split, n in (
+        ("arc_easy", "test", arc_docs),
+        ("hellaswag", "validation", hellaswag_docs),
+    ):
         if n is None:
             continue
         path = out / SLUGS[task]
@@ -145,7 +150,9 @@ def _metrics(results_dir: Path, suffix: str = "") -> dict[str, float]:
     return out
 
 
-def _timed(name: str, cmd: list[str], env: dict[str, str], stub: Any, log: Path) -> tuple[float, dict[str, float]]:
+def _timed(
+    name: str, cmd: list[str], env: dict[str, str], stub: Any, log: Path
+) -> tuple[float, dict[str, float]]:
     stub.reset()
     t0 = time.monotonic()
     with log.open("w") as f:
@@ -176,7 +183,9 @@ def run_airgap(root: Path, name: str, test_data: Path, stub: Any, model: str,
     return _job(name, whole, stats, _metrics(work / "results"))
 
 
-def run_plain(root: Path, tasks_dir: Path, tokenizer: Path, stub: Any, model: str, max_length: int) -> Job:
+def run_plain(
+    root: Path, tasks_dir: Path, tokenizer: Path, stub: Any, model: str, max_length: int
+) -> Job:
     work = root / "plain"
     work.mkdir()
     model_args = ",".join([f"model={model}", f"base_url={stub.base_url}/completions",
@@ -193,9 +202,13 @@ def run_plain(root: Path, tasks_dir: Path, tokenizer: Path, stub: Any, model: st
 
 def compare(jobs: list[Job], base: Job, title: str) -> bool:
     print(f"\n== {title}")
-    print(f"{'':28}{'whole job':>11}{'request phase':>15}{'prompts/s':>11}{'HTTP req':>10}{'max in flight':>15}")
+    print(
+        f"{'':28}{'whole job':>11}{'request phase':>15}{'prompts/s':>11}{'HTTP req':>10}{'max in flight':>15}"
+    )
     for j in [base, *jobs]:
-        print(f"{j.name:28}{j.whole_s:>10.1f}s{j.phase_s:>14.1f}s{j.rate:>11.0f}{j.http_requests:>10}{j.max_in_flight:>15}")
+        print(
+            f"{j.name:28}{j.whole_s:>10.1f}s{j.phase_s:>14.1f}s{j.rate:>11.0f}{j.http_requests:>10}{j.max_in_flight:>15}"
+        )
     same = True
     for j in jobs:
         equal = j.metrics == base.metrics
@@ -247,7 +260,9 @@ def ceiling(root: Path, test_data: Path, docs: int) -> None:
         import datasets
 
         ds = datasets.load_from_disk(str(test_data / SLUGS["arc_easy"]))["test"]
-        rows.write_text(json.dumps([{"question": r["question"], "choices": r["choices"]} for r in ds]))
+        rows.write_text(
+            json.dumps([{"question": r["question"], "choices": r["choices"]} for r in ds])
+        )
     print(f"\n== client ceiling: loglikelihood requests/s against the stub at 0 ms, unlimited slots "
           f"({os.cpu_count()} cores, shared)")  # fmt: skip
     with GpuStub(Config(latency=0.0, slots=100_000)) as stub:
@@ -277,10 +292,14 @@ def main() -> int:
     ap.add_argument("--latency", type=float, default=0.04)
     ap.add_argument("--slots", type=int, default=64)
     ap.add_argument("--no-storm", action="store_true", help="skip the run against the 429 stub")
-    ap.add_argument("--serial-ours", action="store_true", help="also airgap-eval with num_concurrent 1")
+    ap.add_argument(
+        "--serial-ours", action="store_true", help="also airgap-eval with num_concurrent 1"
+    )
     ap.add_argument("--ceiling", action="store_true", help="only the client ceiling")
     ap.add_argument("--ceiling-docs", type=int, default=1000)
-    ap.add_argument("--vllm", action="store_true", help="against vLLM CPU and the tiny model instead")
+    ap.add_argument(
+        "--vllm", action="store_true", help="against vLLM CPU and the tiny model instead"
+    )
     ap.add_argument("--vllm-docs", type=int, default=100)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -296,7 +315,9 @@ def main() -> int:
             ceiling(root, test_data, args.ceiling_docs)
             return 0
         cfg = Config(latency=args.latency, slots=args.slots)
-        storm = Config(latency=args.latency, slots=args.slots, reject_above=STORM_ABOVE, retry_after=0.1)
+        storm = Config(
+            latency=args.latency, slots=args.slots, reject_above=STORM_ABOVE, retry_after=0.1
+        )
         print(f"stub: {args.latency * 1000:.0f} ms a request, {args.slots} slots; the storm stub also "
               f"answers 429 + Retry-After 0.1 s above {STORM_ABOVE} requests in it; "
               f"{os.cpu_count()} cores shared with whatever else runs", flush=True)  # fmt: skip
@@ -313,7 +334,9 @@ def main() -> int:
             print(f"  {base}", flush=True)
         if not args.no_storm:
             with GpuStub(storm) as stub:
-                jobs.append(run_airgap(root, "airgap-eval defaults, 429s", test_data, stub, "tiny", {}))
+                jobs.append(
+                    run_airgap(root, "airgap-eval defaults, 429s", test_data, stub, "tiny", {})
+                )
                 print(f"  {jobs[-1]}; turned away: {stub.stats()['rejected']:.0f}", flush=True)
         same = compare(jobs, base, f"stub {args.latency * 1000:.0f} ms / {args.slots} slots")
         ceiling(root, test_data, args.ceiling_docs)
@@ -330,10 +353,17 @@ def bench_vllm(root: Path, args: argparse.Namespace) -> int:
     assets = build_all(root / "tiny")
     test_data = build_data(root, args.vllm_docs, args.vllm_docs, assets.tokenizer)
     tasks_dir = plain_task_dir(root, test_data)
-    print(f"vLLM CPU, tiny model; arc_easy {args.vllm_docs} + hellaswag {args.vllm_docs} docs", flush=True)
+    print(
+        f"vLLM CPU, tiny model; arc_easy {args.vllm_docs} + hellaswag {args.vllm_docs} docs",
+        flush=True,
+    )
     with VLLMServer(assets.model, log_path=root / "vllm.log") as server:
-        jobs = [run_airgap(root, "airgap-eval defaults", test_data, VLLMCounters(server), "tiny", {})]
-        base = run_plain(root, tasks_dir, test_data / "tokenizer", VLLMCounters(server), "tiny", 512)
+        jobs = [
+            run_airgap(root, "airgap-eval defaults", test_data, VLLMCounters(server), "tiny", {})
+        ]
+        base = run_plain(
+            root, tasks_dir, test_data / "tokenizer", VLLMCounters(server), "tiny", 512
+        )
     return 0 if compare(jobs, base, "vLLM CPU (tiny model)") else 1
 
 
@@ -352,7 +382,13 @@ class VLLMCounters:
 
     def stats(self) -> dict[str, float]:
         n = self.server.metric("vllm:request_success_total") - self.before
-        return {"first": self.t0, "last": time.time(), "prompts": n, "requests": n, "max_in_flight": 0}
+        return {
+            "first": self.t0,
+            "last": time.time(),
+            "prompts": n,
+            "requests": n,
+            "max_in_flight": 0,
+        }
 
 
 if __name__ == "__main__":

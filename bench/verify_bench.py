@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 def build_tree(root: Path, n: int, mb: float) -> tuple[Path, list[str]]:
     import datasets
 
-    from adapter.slugs import slug
     from common.layout import MANIFEST_NAME
     from common.manifest import build_manifest
     from staging.stage import library_versions
+    from tasks.slugs import slug
 
     tasks_dir, data = root / "tasks", root / "test_data"
     tasks_dir.mkdir(parents=True)

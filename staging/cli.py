@@ -11,14 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapter.taskindex import load_index, resolve, unknown_tasks_error
-from adapter.taskplan import TaskPlan, plan_tasks
 from common.entry import run_guarded
 from common.errors import ConfigError, IntegrityError, MissingDataError
 from common.layout import STATE_DIR_NAME, STATUS_NAME
 from common.logs import setup_logging
 from common.network import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, network_timeout
 from common.status import StatusRecord
+from tasks.index import load_index, resolve_tasks, unknown_tasks_error
+from tasks.plan import TaskPlan, plan_tasks
 
 log = logging.getLogger(__name__)
 
@@ -228,13 +228,13 @@ def _slugs_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _plan(tasks: list[str], index: dict[str, Any]) -> TaskPlan:
-    return plan_tasks(resolve(tasks, index), index)
+    return plan_tasks(resolve_tasks(tasks, index), index)
 
 
 def mapping_table(tasks: list[str], index: dict[str, Any]) -> tuple[list[str], int]:
     """Markdown rows (task, dataset_path, dataset_name, data_files, slug, alias) and the
     number of distinct bundles."""
-    from adapter.slugs import candidates
+    from tasks.slugs import candidates
 
     plan = _plan(tasks, index)
     if plan.unknown:

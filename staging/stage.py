@@ -9,7 +9,7 @@ Network: one probe of the Hub first (a Hub that cannot be reached fails every it
 once), then each item under `--network-timeout` seconds without progress (common.network);
 a line as each item starts and one when it ends; one error at the end names all that failed.
 
-Which bundles, splits and assets: adapter.taskplan (the run path plans with the same code).
+Which bundles, splits and assets: tasks.plan (the run path plans with the same code).
 Heavy libraries (datasets, transformers) are imported inside the functions that need them.
 """
 
@@ -29,10 +29,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from adapter import taskindex
-from adapter.bundles import is_bundle
-from adapter.offline import NLTK_DIR_NAME
-from adapter.taskplan import BundleNeed, plan_tasks
 from common.errors import (
     AirgapError,
     ConfigError,
@@ -41,7 +37,7 @@ from common.errors import (
     NotFoundError,
     UnreachableError,
 )
-from common.layout import MANIFEST_NAME, STATE_DIR_NAME, TOKENIZER_DIR_NAME
+from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, STATE_DIR_NAME, TOKENIZER_DIR_NAME
 from common.logs import register_secret
 from common.manifest import FileEntry, Manifest, entries_for, iter_tree, mismatches
 from common.network import (
@@ -55,6 +51,9 @@ from common.network import (
 )
 from common.s3settings import S3Connection, resolve_connection
 from common.storage import Copy, Deadline, folder, open_storage, parse_s3_uri
+from tasks.bundles import is_bundle
+from tasks.index import load_index, resolve_tasks, unknown_tasks_error
+from tasks.plan import BundleNeed, plan_tasks
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +395,9 @@ class Fetcher:
             counts[u.kind] = counts.get(u.kind, 0) + 1
             by_source.setdefault(u.source, []).append(u)
         kinds = [
-            "the tokenizer" if k == "tokenizer" else f"{n} {k}{'s' if n > 1 and k == 'dataset' else ''}"
+            "the tokenizer"
+            if k == "tokenizer"
+            else f"{n} {k}{'s' if n > 1 and k == 'dataset' else ''}"
             for k, n in counts.items()
         ]
         what = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
@@ -404,8 +405,10 @@ class Fetcher:
         for source, items in by_source.items():
             reasons = {u.why for u in items}
             common = f" ({reasons.pop()})" if len(reasons) == 1 else ""
-            names = _listing(items) if common else ", ".join(
-                f"{u.kind} {u.name} ({u.why})" for u in items
+            names = (
+                _listing(items)
+                if common
+                else ", ".join(f"{u.kind} {u.name} ({u.why})" for u in items)
             )
             parts.append(f"from {source}{common}: {names}")
         cls = DeadlineError if all(u.timed_out for u in self.unfetched) else UnreachableError
@@ -470,10 +473,10 @@ def stage(
     download progress before it is given up (None: no bound).
     """
     register_secret(os.environ.get("HF_TOKEN"))
-    index = index if index is not None else taskindex.load_index(None, list(include_path or []))
-    plan = plan_tasks(taskindex.resolve(tasks, index), index)
+    index = index if index is not None else load_index(None, list(include_path or []))
+    plan = plan_tasks(resolve_tasks(tasks, index), index)
     if plan.unknown:
-        raise taskindex.unknown_tasks_error(plan.unknown, index, "pass --include-path DIR")
+        raise unknown_tasks_error(plan.unknown, index, "pass --include-path DIR")
     out.mkdir(parents=True, exist_ok=True)
     previous = _load_previous(out)
     if tokenizer is None:

@@ -4,7 +4,7 @@ For every leaf task: its bundle is present (slug or legacy alias), loads with
 `datasets.load_from_disk`, holds the splits the task config names, and its files match
 manifest.json; the libraries that wrote the tree are not newer (by major) than the ones
 installed; the tokenizer loads with local files only. The checks themselves are the run
-path's (adapter.datacheck, which the adapter's preflight runs too); this adds the report and
+path's (tasks.datacheck, which the adapter's preflight runs too); this adds the report and
 the hashes.
 """
 
@@ -14,7 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapter.datacheck import (
+from common.errors import ConfigError
+from common.layout import MANIFEST_NAME, NLTK_DIR_NAME
+from common.manifest import Manifest, mismatches
+from tasks.datacheck import (
     TOKENIZER_ITEM,
     Item,
     Status,
@@ -24,12 +27,8 @@ from adapter.datacheck import (
     tokenizer_dir,
     tokenizer_item,
 )
-from adapter.offline import NLTK_DIR_NAME
-from adapter.taskindex import load_index, resolve, unknown_tasks_error
-from adapter.taskplan import plan_tasks
-from common.errors import ConfigError
-from common.layout import MANIFEST_NAME
-from common.manifest import Manifest, mismatches
+from tasks.index import load_index, resolve_tasks, unknown_tasks_error
+from tasks.plan import plan_tasks
 
 _BAD_ORDER: tuple[Status, ...] = ("unknown", "missing", "unreadable", "incompatible", "mismatch")
 
@@ -75,7 +74,7 @@ def verify(
     """
     includes = list(include_path or [])
     index = load_index(None, includes)
-    res = resolve(tasks, index)
+    res = resolve_tasks(tasks, index)
     if res.unknown:  # a typo, not missing data: the same error as run's
         raise unknown_tasks_error(res.unknown, index, "pass --include-path DIR")
     if not res.leaves:

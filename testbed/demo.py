@@ -88,10 +88,10 @@ def _scores(results_dir: Path) -> list[tuple[str, str, float]]:
 
 
 def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
-    from adapter.taskindex import default_index_path
     from common.manifest import Manifest
     from common.s3 import client
     from staging.stage import upload_tree
+    from tasks.index import default_index_path
     from testbed.modelserver import VLLMServer
     from testbed.tiny import build_all, read_only
 

@@ -173,7 +173,9 @@ def make_app(cfg: Config) -> Any:
             if isinstance(prompts[0], list):  # token ids: lm_eval's (a probe sends text)
                 stats.first = stats.first or time.time()
             if cfg.single_prompt and len(prompts) > 1:
-                return web.json_response({"error": {"message": "one prompt per request"}}, status=400)
+                return web.json_response(
+                    {"error": {"message": "one prompt per request"}}, status=400
+                )
             k = min(len(prompts), cfg.slots)
             await slots.take(k)
             try:
@@ -232,7 +234,10 @@ class GpuStub(LocalEndpoint):
     def start(self) -> GpuStub:
         out = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
         repo = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+        )
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env)
         wait_for_port(self.port, 30.0, self.proc)
         return self
@@ -260,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--latency", type=float, default=0.04, help="seconds per request")
     ap.add_argument("--slots", type=int, default=64, help="sequences served at once")
-    ap.add_argument("--reject-above", type=int, help="turn requests away above this many in the server")
+    ap.add_argument(
+        "--reject-above", type=int, help="turn requests away above this many in the server"
+    )
     ap.add_argument("--reject-status", type=int, default=429, choices=[429, 503])
     ap.add_argument("--retry-after", type=float, default=0.05, help="Retry-After seconds")
     ap.add_argument("--single-prompt", action="store_true", help="refuse lists of prompts (400)")

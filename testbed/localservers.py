@@ -78,7 +78,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:

@@ -206,7 +206,9 @@ class RecordingProxy(LocalEndpoint):
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = int(self._server.server_address[1])
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="proxy", daemon=True
+        )
 
     @staticmethod
     def scoring_request(path: str, body: bytes) -> bool:
@@ -246,7 +248,9 @@ class RecordingProxy(LocalEndpoint):
                     proxy.arrivals.append((self.path, arrived, body))
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                }
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=600)
                 try:
                     conn.request(self.command, self.path, body=body or None, headers=headers)

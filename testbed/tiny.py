@@ -27,8 +27,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from adapter.slugs import slug
 from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
+from tasks.slugs import slug
 
 EOS = "<|endoftext|>"
 SEED = 1234
@@ -39,25 +39,80 @@ MAX_LENGTH = 512  # the model's positions and the server's --max-model-len
 
 def _arc(id_: str, question: str, texts: list[str], answer: str) -> dict[str, Any]:
     labels = ["A", "B", "C", "D"][: len(texts)]
-    return {"id": id_, "question": question, "choices": {"text": texts, "label": labels}, "answerKey": answer}
+    return {
+        "id": id_,
+        "question": question,
+        "choices": {"text": texts, "label": labels},
+        "answerKey": answer,
+    }
 
 
 ARC_EASY = {
     "train": [
-        _arc("tiny-arc-tr-1", "Which object gives off its own light?", ["the Moon", "a mirror", "the Sun", "a rock"], "C"),
-        _arc("tiny-arc-tr-2", "What do plants need to make food?", ["sunlight", "sand", "plastic", "salt"], "A"),
-        _arc("tiny-arc-tr-3", "Which state of water is ice?", ["gas", "solid", "liquid", "plasma"], "B"),
+        _arc(
+            "tiny-arc-tr-1",
+            "Which object gives off its own light?",
+            ["the Moon", "a mirror", "the Sun", "a rock"],
+            "C",
+        ),
+        _arc(
+            "tiny-arc-tr-2",
+            "What do plants need to make food?",
+            ["sunlight", "sand", "plastic", "salt"],
+            "A",
+        ),
+        _arc(
+            "tiny-arc-tr-3",
+            "Which state of water is ice?",
+            ["gas", "solid", "liquid", "plasma"],
+            "B",
+        ),
     ],
     "validation": [
-        _arc("tiny-arc-va-1", "Which tool measures temperature?", ["a ruler", "a scale", "a thermometer", "a clock"], "C"),
-        _arc("tiny-arc-va-2", "What pulls objects toward the ground?", ["gravity", "wind", "light", "sound"], "A"),
+        _arc(
+            "tiny-arc-va-1",
+            "Which tool measures temperature?",
+            ["a ruler", "a scale", "a thermometer", "a clock"],
+            "C",
+        ),
+        _arc(
+            "tiny-arc-va-2",
+            "What pulls objects toward the ground?",
+            ["gravity", "wind", "light", "sound"],
+            "A",
+        ),
     ],
     "test": [
-        _arc("tiny-arc-te-1", "Which animal has feathers?", ["a dog", "a robin", "a frog", "a fish"], "B"),
-        _arc("tiny-arc-te-2", "What happens to water when it boils?", ["it freezes", "it turns to steam", "it becomes sand", "it glows"], "B"),
-        _arc("tiny-arc-te-3", "Which of these is a source of renewable energy?", ["coal", "oil", "wind", "natural gas"], "C"),
-        _arc("tiny-arc-te-4", "Where does a fish get oxygen?", ["from the water", "from rocks", "from the sun", "from sand"], "A"),
-        _arc("tiny-arc-te-5", "Which sense do ears give us?", ["sight", "taste", "smell", "hearing"], "D"),
+        _arc(
+            "tiny-arc-te-1",
+            "Which animal has feathers?",
+            ["a dog", "a robin", "a frog", "a fish"],
+            "B",
+        ),
+        _arc(
+            "tiny-arc-te-2",
+            "What happens to water when it boils?",
+            ["it freezes", "it turns to steam", "it becomes sand", "it glows"],
+            "B",
+        ),
+        _arc(
+            "tiny-arc-te-3",
+            "Which of these is a source of renewable energy?",
+            ["coal", "oil", "wind", "natural gas"],
+            "C",
+        ),
+        _arc(
+            "tiny-arc-te-4",
+            "Where does a fish get oxygen?",
+            ["from the water", "from rocks", "from the sun", "from sand"],
+            "A",
+        ),
+        _arc(
+            "tiny-arc-te-5",
+            "Which sense do ears give us?",
+            ["sight", "taste", "smell", "hearing"],
+            "D",
+        ),
     ],
 }
 
@@ -79,12 +134,36 @@ def _blimp(pair_id: int, good: str, bad: str) -> dict[str, Any]:
 
 BLIMP_ADJUNCT_ISLAND = {
     "train": [
-        _blimp(0, "Who did the teacher call before meeting Anna?", "Who did the teacher call Anna before meeting?"),
-        _blimp(1, "What was Mark reading while visiting the museum?", "What was Mark reading the museum while visiting?"),
-        _blimp(2, "Who has Lucy thanked after hiring the cook?", "Who has Lucy thanked the cook after hiring?"),
-        _blimp(3, "What will the boys paint without cleaning the room?", "What will the boys paint the room without cleaning?"),
-        _blimp(4, "Who should Karen hug before leaving the party?", "Who should Karen hug the party before leaving?"),
-        _blimp(5, "What did the girls bake after buying the flour?", "What did the girls bake the flour after buying?"),
+        _blimp(
+            0,
+            "Who did the teacher call before meeting Anna?",
+            "Who did the teacher call Anna before meeting?",
+        ),
+        _blimp(
+            1,
+            "What was Mark reading while visiting the museum?",
+            "What was Mark reading the museum while visiting?",
+        ),
+        _blimp(
+            2,
+            "Who has Lucy thanked after hiring the cook?",
+            "Who has Lucy thanked the cook after hiring?",
+        ),
+        _blimp(
+            3,
+            "What will the boys paint without cleaning the room?",
+            "What will the boys paint the room without cleaning?",
+        ),
+        _blimp(
+            4,
+            "Who should Karen hug before leaving the party?",
+            "Who should Karen hug the party before leaving?",
+        ),
+        _blimp(
+            5,
+            "What did the girls bake after buying the flour?",
+            "What did the girls bake the flour after buying?",
+        ),
     ]
 }
 
@@ -95,22 +174,44 @@ def _gsm(question: str, steps: str, answer: int) -> dict[str, str]:
 
 GSM8K_MAIN = {
     "train": [
-        _gsm("Tom has 3 apples and buys 4 more. How many apples does he have?", "3 + 4 = <<3+4=7>>7", 7),
+        _gsm(
+            "Tom has 3 apples and buys 4 more. How many apples does he have?",
+            "3 + 4 = <<3+4=7>>7",
+            7,
+        ),
         _gsm("A box holds 6 eggs. How many eggs are in 2 boxes?", "6 * 2 = <<6*2=12>>12", 12),
-        _gsm("Sara had 10 pens and gave away 4. How many pens are left?", "10 - 4 = <<10-4=6>>6", 6),
-        _gsm("Each bike has 2 wheels. How many wheels do 5 bikes have?", "2 * 5 = <<2*5=10>>10", 10),
-        _gsm("Ben reads 8 pages a day. How many pages does he read in 3 days?", "8 * 3 = <<8*3=24>>24", 24),
-        _gsm("A class of 20 splits into 4 equal teams. How big is each team?", "20 / 4 = <<20/4=5>>5", 5),
+        _gsm(
+            "Sara had 10 pens and gave away 4. How many pens are left?", "10 - 4 = <<10-4=6>>6", 6
+        ),
+        _gsm(
+            "Each bike has 2 wheels. How many wheels do 5 bikes have?", "2 * 5 = <<2*5=10>>10", 10
+        ),
+        _gsm(
+            "Ben reads 8 pages a day. How many pages does he read in 3 days?",
+            "8 * 3 = <<8*3=24>>24",
+            24,
+        ),
+        _gsm(
+            "A class of 20 splits into 4 equal teams. How big is each team?",
+            "20 / 4 = <<20/4=5>>5",
+            5,
+        ),
     ],
     "test": [
-        _gsm("Mia has 5 cats and adopts 2 more. How many cats does she have?", "5 + 2 = <<5+2=7>>7", 7),
+        _gsm(
+            "Mia has 5 cats and adopts 2 more. How many cats does she have?",
+            "5 + 2 = <<5+2=7>>7",
+            7,
+        ),
         _gsm("A pack has 4 cards. How many cards are in 3 packs?", "4 * 3 = <<4*3=12>>12", 12),
         _gsm("Leo had 9 coins and spent 5. How many coins are left?", "9 - 5 = <<9-5=4>>4", 4),
     ],
 }
 
 
-def _hellaswag(ind: int, label: str, ctx_a: str, ctx_b: str, endings: list[str], split: str, gold: int) -> dict[str, Any]:
+def _hellaswag(
+    ind: int, label: str, ctx_a: str, ctx_b: str, endings: list[str], split: str, gold: int
+) -> dict[str, Any]:
     return {
         "ind": ind,
         "activity_label": label,
@@ -127,18 +228,73 @@ def _hellaswag(ind: int, label: str, ctx_a: str, ctx_b: str, endings: list[str],
 
 HELLASWAG = {
     "train": [
-        _hellaswag(1, "Making tea", "A man fills a kettle with water.", "he",
-                   ["puts it on the stove.", "throws it out the window.", "paints it blue.", "sings to the cat."], "train", 0),
-        _hellaswag(2, "Walking the dog", "A woman clips a leash to a dog.", "they",
-                   ["walk out of the door.", "fly to the moon.", "eat the leash.", "read a newspaper."], "train", 0),
+        _hellaswag(
+            1,
+            "Making tea",
+            "A man fills a kettle with water.",
+            "he",
+            [
+                "puts it on the stove.",
+                "throws it out the window.",
+                "paints it blue.",
+                "sings to the cat.",
+            ],
+            "train",
+            0,
+        ),
+        _hellaswag(
+            2,
+            "Walking the dog",
+            "A woman clips a leash to a dog.",
+            "they",
+            ["walk out of the door.", "fly to the moon.", "eat the leash.", "read a newspaper."],
+            "train",
+            0,
+        ),
     ],
     "validation": [
-        _hellaswag(3, "Washing dishes", "A boy stands at the sink with a sponge.", "he",
-                   ["drops the sponge on the roof.", "scrubs a plate under the tap.", "drives a bus.", "plants a tree."], "val", 1),
-        _hellaswag(4, "Riding a bike", "A girl puts on a helmet next to her bike.", "she",
-                   ["eats the helmet.", "swims across the lake.", "gets on and pedals away.", "bakes a cake."], "val", 2),
-        _hellaswag(5, "[header] How to plant a seed", "[title] Dig a small hole in the soil.", "then",
-                   ["forget the seed.", "paint the hole.", "sell the soil.", "drop the seed in and cover it."], "val", 3),
+        _hellaswag(
+            3,
+            "Washing dishes",
+            "A boy stands at the sink with a sponge.",
+            "he",
+            [
+                "drops the sponge on the roof.",
+                "scrubs a plate under the tap.",
+                "drives a bus.",
+                "plants a tree.",
+            ],
+            "val",
+            1,
+        ),
+        _hellaswag(
+            4,
+            "Riding a bike",
+            "A girl puts on a helmet next to her bike.",
+            "she",
+            [
+                "eats the helmet.",
+                "swims across the lake.",
+                "gets on and pedals away.",
+                "bakes a cake.",
+            ],
+            "val",
+            2,
+        ),
+        _hellaswag(
+            5,
+            "[header] How to plant a seed",
+            "[title] Dig a small hole in the soil.",
+            "then",
+            [
+                "forget the seed.",
+                "paint the hole.",
+                "sell the soil.",
+                "drop the seed in and cover it.",
+            ],
+            "val",
+            3,
+        ),
     ],
     "test": [],  # lm_eval's hellaswag has test_split: null; the HF dataset has one (unlabelled)
 }
@@ -175,10 +331,18 @@ def _features(kind: str) -> Any:
         ),
         "blimp": Features(
             {
-                **{k: string for k in ("sentence_good", "sentence_bad", "field", "linguistics_term", "UID")},
+                **{
+                    k: string
+                    for k in ("sentence_good", "sentence_bad", "field", "linguistics_term", "UID")
+                },
                 **{
                     k: Value("bool")
-                    for k in ("simple_LM_method", "one_prefix_method", "two_prefix_method", "lexically_identical")
+                    for k in (
+                        "simple_LM_method",
+                        "one_prefix_method",
+                        "two_prefix_method",
+                        "lexically_identical",
+                    )
                 },
                 "pair_id": Value("int32"),
             }
@@ -287,12 +451,23 @@ def build_model_subprocess(out: Path, tokenizer_dir: Path) -> Path:
     """`build_model` in the vLLM venv's python (it has torch; our venv need not)."""
     from testbed.modelserver import vllm_python, vllm_python_env
 
-    cmd = [str(vllm_python()), "-m", "testbed.tiny", "model", "--out", str(out), "--tokenizer", str(tokenizer_dir)]
+    cmd = [
+        str(vllm_python()),
+        "-m",
+        "testbed.tiny",
+        "model",
+        "--out",
+        str(out),
+        "--tokenizer",
+        str(tokenizer_dir),
+    ]
     proc = subprocess.run(cmd, env=vllm_python_env(), capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         from common.errors import AirgapError
 
-        raise AirgapError(f"building the tiny model failed:\n{proc.stderr[-3000:]}", "see the error above")
+        raise AirgapError(
+            f"building the tiny model failed:\n{proc.stderr[-3000:]}", "see the error above"
+        )
     return out
 
 
@@ -317,7 +492,9 @@ def build_bundles(root: Path, tasks: list[str] | None = None) -> dict[str, list[
         features = _features(kind)
         dd = DatasetDict(
             {
-                split: Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
+                split: Dataset.from_dict(
+                    {k: [r[k] for r in rows] for k in features}, features=features
+                )
                 for split, rows in splits.items()
             }
         )
@@ -371,14 +548,22 @@ def build_all(root: Path) -> TinyAssets:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m testbed.tiny", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m testbed.tiny", description=__doc__.split("\n\n")[0]
+    )
     sub = ap.add_subparsers(dest="what", required=True)
-    sub.add_parser("tokenizer", help="train and save the tokenizer").add_argument("--out", type=Path, required=True)
-    sub.add_parser("test-data", help="bundles + tokenizer + manifest").add_argument("--out", type=Path, required=True)
+    sub.add_parser("tokenizer", help="train and save the tokenizer").add_argument(
+        "--out", type=Path, required=True
+    )
+    sub.add_parser("test-data", help="bundles + tokenizer + manifest").add_argument(
+        "--out", type=Path, required=True
+    )
     model = sub.add_parser("model", help="the random Llama (run with the vLLM venv's python)")
     model.add_argument("--out", type=Path, required=True)
     model.add_argument("--tokenizer", type=Path, required=True)
-    sub.add_parser("all", help="test_data/ and model/ under --out").add_argument("--out", type=Path, required=True)
+    sub.add_parser("all", help="test_data/ and model/ under --out").add_argument(
+        "--out", type=Path, required=True
+    )
     args = ap.parse_args(argv)
     if args.what == "tokenizer":
         print(build_tokenizer(args.out))

@@ -66,7 +66,9 @@ def tiny_assets(vllm_ready: None, tmp_path_factory: pytest.TempPathFactory) -> T
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny_assets: TinyAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+def vllm_server(
+    tiny_assets: TinyAssets, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
     with VLLMServer(tiny_assets.model, log_path=log) as server:
         yield server

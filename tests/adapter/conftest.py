@@ -67,13 +67,23 @@ def write_spec(path: Path, url: str, tasks: list[str], **parameters: Any) -> Pat
 def run_cli(tmp_path: Path) -> Callable[..., RunResult]:
     def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 240) -> RunResult:
         out = tmp_path / "results"
-        clean = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("HF_", "AIRGAP_EVAL_", "EVALHUB_", "OPENAI_", "NLTK_"))}
-        full_env = clean | {"AIRGAP_EVAL_WORK_DIR": str(tmp_path / "work"),
-                            "AIRGAP_EVAL_OUTPUT_DIR": str(out)} | (env or {})
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("HF_", "AIRGAP_EVAL_", "EVALHUB_", "OPENAI_", "NLTK_"))
+        }
+        full_env = (
+            clean
+            | {"AIRGAP_EVAL_WORK_DIR": str(tmp_path / "work"), "AIRGAP_EVAL_OUTPUT_DIR": str(out)}
+            | (env or {})
+        )
         proc = subprocess.run(
             [sys.executable, "-m", "adapter", *args],
-            cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+            cwd=REPO,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         return RunResult(proc.returncode, proc.stdout + proc.stderr, out)
 

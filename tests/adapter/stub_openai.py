@@ -46,8 +46,13 @@ class _Handler(BaseHTTPRequestHandler):
         if f.models_status != 200:
             self._send(f.models_status, {"error": {"message": "refused"}})
             return
-        self._send(200, {"object": "list", "data": [
-            {"id": m, "object": "model", "max_model_len": 512} for m in f.served]})
+        self._send(
+            200,
+            {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "max_model_len": 512} for m in f.served],
+            },
+        )
 
     def do_POST(self) -> None:
         f = self.fault
@@ -60,8 +65,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(f.completions_status, {"error": {"message": "injected fault"}})
             return
         logprobs = {"token_logprobs": [None, -1.0], "top_logprobs": [None, {"x": -1.0}]}
-        self._send(200, {"choices": [{"index": 0, "text": "x",
-                                      "logprobs": logprobs if f.echo_logprobs else None}]})
+        self._send(
+            200,
+            {
+                "choices": [
+                    {"index": 0, "text": "x", "logprobs": logprobs if f.echo_logprobs else None}
+                ]
+            },
+        )
 
 
 @contextmanager

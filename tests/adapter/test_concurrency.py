@@ -52,11 +52,16 @@ def run_against(tiny_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Ru
     root = tmp_path_factory.mktemp("concurrency")
     n = iter(range(100))
 
-    def run(cfg: Config, env: dict[str, str] | None = None, **parameters: Any) -> tuple[RunResult, dict[str, float]]:
+    def run(
+        cfg: Config, env: dict[str, str] | None = None, **parameters: Any
+    ) -> tuple[RunResult, dict[str, float]]:
         work = root / str(next(n))
         work.mkdir()
-        clean = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("HF_", "AIRGAP_EVAL_", "EVALHUB_", "OPENAI_", "NLTK_"))}
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("HF_", "AIRGAP_EVAL_", "EVALHUB_", "OPENAI_", "NLTK_"))
+        }
         with GpuStub(cfg) as stub:
             spec = _spec(work / "job.json", stub.base_url, **parameters)
             proc = subprocess.run(
@@ -77,14 +82,18 @@ def serial(run_against: Runner) -> tuple[RunResult, dict[str, float]]:
     return run_against(Config(latency=0.005, slots=64), num_concurrent=1)
 
 
-def test_explicit_num_concurrent_1_never_has_two_requests_in_flight(serial: tuple[RunResult, dict[str, float]]) -> None:
+def test_explicit_num_concurrent_1_never_has_two_requests_in_flight(
+    serial: tuple[RunResult, dict[str, float]],
+) -> None:
     res, stats = serial
     assert stats["max_in_flight"] == 1
     assert stats["requests"] == stats["prompts"] > 40  # no batch_size: one prompt each
     assert res.status.metrics
 
 
-def test_adaptive_default_scores_identically_to_serial(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
+def test_adaptive_default_scores_identically_to_serial(
+    serial: tuple[RunResult, dict[str, float]], run_against: Runner
+) -> None:
     ref, ref_stats = serial
     res, stats = run_against(Config(latency=0.005, slots=64))  # no num_concurrent, no batch_size
     assert _answers(res.out_dir) == _answers(ref.out_dir)
@@ -94,18 +103,26 @@ def test_adaptive_default_scores_identically_to_serial(serial: tuple[RunResult, 
     assert stats["max_in_flight"] > 1
 
 
-def test_ceiling_from_env_and_spec_is_respected(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
+def test_ceiling_from_env_and_spec_is_respected(
+    serial: tuple[RunResult, dict[str, float]], run_against: Runner
+) -> None:
     ref, _ = serial
     res, stats = run_against(Config(latency=0.02, slots=64), env={"AIRGAP_EVAL_MAX_CONCURRENT": "3"},
                              batch_size=1)  # fmt: skip
     assert 1 < stats["max_in_flight"] <= 3
     assert _answers(res.out_dir) == _answers(ref.out_dir)
-    res, stats = run_against(Config(latency=0.02, slots=64), env={"AIRGAP_EVAL_MAX_CONCURRENT": "2"},
-                             max_concurrent=3, batch_size=1)  # the env beats the spec
+    res, stats = run_against(
+        Config(latency=0.02, slots=64),
+        env={"AIRGAP_EVAL_MAX_CONCURRENT": "2"},
+        max_concurrent=3,
+        batch_size=1,
+    )  # the env beats the spec
     assert stats["max_in_flight"] == 2
 
 
-def test_explicit_concurrency_and_batch_size_are_exact(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
+def test_explicit_concurrency_and_batch_size_are_exact(
+    serial: tuple[RunResult, dict[str, float]], run_against: Runner
+) -> None:
     ref, ref_stats = serial
     res, stats = run_against(Config(latency=0.02, slots=64), num_concurrent=3, batch_size=2)
     assert stats["max_in_flight"] == 3
@@ -114,17 +131,23 @@ def test_explicit_concurrency_and_batch_size_are_exact(serial: tuple[RunResult, 
     assert _answers(res.out_dir) == _answers(ref.out_dir)
 
 
-def test_turn_away_storm_completes_with_identical_answers(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
+def test_turn_away_storm_completes_with_identical_answers(
+    serial: tuple[RunResult, dict[str, float]], run_against: Runner
+) -> None:
     ref, _ = serial
     for status in (429, 503):
-        storm = Config(latency=0.01, slots=64, reject_above=2, reject_status=status, retry_after=0.02)
+        storm = Config(
+            latency=0.01, slots=64, reject_above=2, reject_status=status, retry_after=0.02
+        )
         res, stats = run_against(storm, max_retries=1)  # turn-aways are not failed attempts
         assert stats["rejected"] > 0, stats
         assert _answers(res.out_dir) == _answers(ref.out_dir)
         assert res.status.metrics == ref.status.metrics
 
 
-def test_endpoint_refusing_prompt_lists_gets_one_per_request(serial: tuple[RunResult, dict[str, float]], run_against: Runner) -> None:
+def test_endpoint_refusing_prompt_lists_gets_one_per_request(
+    serial: tuple[RunResult, dict[str, float]], run_against: Runner
+) -> None:
     ref, _ = serial
     res, stats = run_against(Config(latency=0.005, slots=64, single_prompt=True))
     assert _answers(res.out_dir) == _answers(ref.out_dir)

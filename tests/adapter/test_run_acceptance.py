@@ -25,13 +25,15 @@ test_data, work = Path(sys.argv[1]), Path(sys.argv[2])
 tasks = json.loads(sys.argv[3])
 offline.apply(offline.detect(test_data), test_data, work, allow_code=False)
 egress.enable([])
-from adapter import evaluate, preflight, seam, taskindex, taskplan
-index = taskindex.load_index()
-res = taskindex.resolve(tasks, index)
+from adapter import evaluate, preflight, seam
+from tasks.index import load_index, resolve_tasks
+from tasks.plan import plan_tasks
+index = load_index()
+res = resolve_tasks(tasks, index)
 from common.errors import MissingDataError
 problems, loaded = [], {}
 try:
-    check = preflight.check_tree(test_data, tasks, taskplan.plan_tasks(res, index), None, [],
+    check = preflight.check_tree(test_data, tasks, plan_tasks(res, index), None, [],
                                  need_tokenizer=False)
     preflight.read_data(test_data, tasks, check, [])
     loaded = check.data
@@ -48,18 +50,31 @@ print(json.dumps({"problems": problems, "docs": docs, "blocked": egress.blocked}
 def real_bundles(shared_benchmarks: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("real") / "test_data"
     subprocess.run(
-        [sys.executable, str(shared_benchmarks / "build_bundles.py"), "--out", str(out),
-         "--blimp", "adjunct_island"],
-        check=True, capture_output=True, timeout=600,
+        [
+            sys.executable,
+            str(shared_benchmarks / "build_bundles.py"),
+            "--out",
+            str(out),
+            "--blimp",
+            "adjunct_island",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     return out
 
 
 def _build(test_data: Path, work: Path) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "NLTK_"))}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(test_data), str(work),
-                           json.dumps(TASKS)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(test_data), str(work), json.dumps(TASKS)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -76,8 +91,10 @@ def test_real_rows_pass_preflight_and_build_offline(real_bundles: Path, tmp_path
 
 def test_legacy_alias_dirs_alone_serve_the_tasks(real_bundles: Path, tmp_path: Path) -> None:
     test_data = Path(shutil.copytree(real_bundles, tmp_path / "test_data", symlinks=True))
-    for canonical, legacy in (("Rowan--hellaswag", "hellaswag"),
-                              ("nyu-mll--blimp--adjunct_island", "blimp--adjunct_island")):
+    for canonical, legacy in (
+        ("Rowan--hellaswag", "hellaswag"),
+        ("nyu-mll--blimp--adjunct_island", "blimp--adjunct_island"),
+    ):
         assert (test_data / legacy).is_dir(), f"build_bundles.py wrote no {legacy}"
         shutil.rmtree(test_data / canonical)
     got = _build(test_data, tmp_path / "work")

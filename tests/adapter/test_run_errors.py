@@ -39,8 +39,9 @@ def _assert_failed(r: RunResult, code: ExitCode, error_code: str) -> str:
     return status.error.message + " -- " + (status.error.hint or "")
 
 
-def test_every_missing_bundle_is_listed_in_one_error(test_data: Path, tmp_path: Path,
-                                                     run_cli: Run) -> None:
+def test_every_missing_bundle_is_listed_in_one_error(
+    test_data: Path, tmp_path: Path, run_cli: Run
+) -> None:
     shutil.rmtree(test_data / "openai--gsm8k--main")
     shutil.rmtree(test_data / "nyu-mll--blimp--adjunct_island")
     fault = Fault()
@@ -106,8 +107,9 @@ def test_a_refused_api_key_is_an_auth_error_and_the_key_stays_secret(
         data = json.loads(spec.read_text())
         data["model"]["auth"] = {"secret_ref": f"file://{secrets}"}
         spec.write_text(json.dumps(data))
-        r = run_cli(["--job-spec", str(spec), "--test-data", str(test_data)],
-                    env={"EVALHUB_MODE": "local"})
+        r = run_cli(
+            ["--job-spec", str(spec), "--test-data", str(test_data)], env={"EVALHUB_MODE": "local"}
+        )
     _assert_failed(r, ExitCode.AUTH, "AUTH")
     assert fault.auth_headers == ["Bearer sk-very-secret-key"]  # the SDK's model auth found it
     for f in r.out_dir.rglob("*"):
@@ -116,8 +118,9 @@ def test_a_refused_api_key_is_an_auth_error_and_the_key_stays_secret(
     assert "sk-very-secret-key" not in r.output
 
 
-def test_loglikelihood_tasks_are_refused_on_a_chat_endpoint(test_data: Path, tmp_path: Path,
-                                                             run_cli: Run) -> None:
+def test_loglikelihood_tasks_are_refused_on_a_chat_endpoint(
+    test_data: Path, tmp_path: Path, run_cli: Run
+) -> None:
     fault = Fault()
     with stub_server(fault) as url:
         spec = write_spec(tmp_path / "job.json", url, ["arc_easy", "gsm8k"], model_type="chat")
@@ -127,8 +130,9 @@ def test_loglikelihood_tasks_are_refused_on_a_chat_endpoint(test_data: Path, tmp
     assert fault.hits.count("POST /v1/chat/completions") == 1  # the probe, nothing more
 
 
-def test_an_endpoint_without_echo_logprobs_is_refused(test_data: Path, tmp_path: Path,
-                                                      run_cli: Run) -> None:
+def test_an_endpoint_without_echo_logprobs_is_refused(
+    test_data: Path, tmp_path: Path, run_cli: Run
+) -> None:
     fault = Fault(echo_logprobs=False)
     with stub_server(fault) as url:
         spec = write_spec(tmp_path / "job.json", url, ["arc_easy"])
@@ -136,8 +140,9 @@ def test_an_endpoint_without_echo_logprobs_is_refused(test_data: Path, tmp_path:
     assert "echo" in _assert_failed(r, ExitCode.MODEL, "MODEL")
 
 
-def test_a_persistent_5xx_fails_the_probe_after_retries(test_data: Path, tmp_path: Path,
-                                                        run_cli: Run) -> None:
+def test_a_persistent_5xx_fails_the_probe_after_retries(
+    test_data: Path, tmp_path: Path, run_cli: Run
+) -> None:
     fault = Fault(completions_status=503)
     with stub_server(fault) as url:
         spec = write_spec(tmp_path / "job.json", url, ["arc_easy"], max_retries=2)
@@ -165,8 +170,9 @@ def text(doc):
 """
 
 
-def test_an_egress_attempt_fails_at_once_naming_the_host(test_data: Path, tmp_path: Path,
-                                                         run_cli: Run) -> None:
+def test_an_egress_attempt_fails_at_once_naming_the_host(
+    test_data: Path, tmp_path: Path, run_cli: Run
+) -> None:
     from datasets import Dataset, DatasetDict
 
     tasks_dir = tmp_path / "custom_tasks"
@@ -174,10 +180,12 @@ def test_an_egress_attempt_fails_at_once_naming_the_host(test_data: Path, tmp_pa
     (tasks_dir / "egress_probe.yaml").write_text(EGRESS_TASK)
     (tasks_dir / "utils.py").write_text(EGRESS_UTILS)
     DatasetDict({"test": Dataset.from_dict({"q": ["x?"]})}).save_to_disk(
-        str(test_data / "local--egress_probe"))
+        str(test_data / "local--egress_probe")
+    )
     with stub_server(Fault(echo_logprobs=True)) as url:
-        spec = write_spec(tmp_path / "job.json", url, ["egress_probe"],
-                          include_path=[str(tasks_dir)])
+        spec = write_spec(
+            tmp_path / "job.json", url, ["egress_probe"], include_path=[str(tasks_dir)]
+        )
         r = run_cli(["--job-spec", str(spec), "--test-data", str(test_data)])
     text = _assert_failed(r, ExitCode.UNREACHABLE, "UNREACHABLE")
     assert "datasets.example.org:80" in text
@@ -210,15 +218,22 @@ def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 
 @pytest.mark.parametrize("owner", ["adapter", "sidecar"])
-def test_the_terminal_event_rule(owner: str, test_data: Path, tmp_path: Path, run_cli: Run,
-                                 receiver: tuple[str, list[dict[str, Any]]]) -> None:
+def test_the_terminal_event_rule(
+    owner: str,
+    test_data: Path,
+    tmp_path: Path,
+    run_cli: Run,
+    receiver: tuple[str, list[dict[str, Any]]],
+) -> None:
     callback, events = receiver
     url = f"http://127.0.0.1:{_closed_port()}/v1"
     spec = write_spec(tmp_path / "job.json", url, ["arc_easy"])
     data = json.loads(spec.read_text()) | {"callback_url": callback}
     spec.write_text(json.dumps(data))
-    r = run_cli(["--job-spec", str(spec), "--test-data", str(test_data), "--wait-uploaded", "1"],
-                env={"AIRGAP_EVAL_TERMINAL_EVENTS": owner})
+    r = run_cli(
+        ["--job-spec", str(spec), "--test-data", str(test_data), "--wait-uploaded", "1"],
+        env={"AIRGAP_EVAL_TERMINAL_EVENTS": owner},
+    )
     _assert_failed(r, ExitCode.UNREACHABLE, "UNREACHABLE")
     states = [(e["status"], e.get("phase")) for e in events]
     assert states[0] == ("running", "initializing")

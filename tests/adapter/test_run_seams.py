@@ -44,7 +44,7 @@ import json, sys
 from pathlib import Path
 from adapter import offline
 layout = offline.detect(Path({str(tiny_tree)!r}))
-offline.apply(layout, Path({str(tiny_tree)!r}), Path({str(tmp_path / 'work')!r}), allow_code=False)
+offline.apply(layout, Path({str(tiny_tree)!r}), Path({str(tmp_path / "work")!r}), allow_code=False)
 import datasets, huggingface_hub.constants as hc, transformers.utils.hub as th
 print(json.dumps({{
     "datasets_offline": datasets.config.HF_HUB_OFFLINE,
@@ -56,8 +56,15 @@ print(json.dumps({{
 }}))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert got["datasets_offline"] is True and got["hub_offline"] is True
     assert got["datasets_cache"].startswith(str(tmp_path / "work"))
@@ -66,10 +73,13 @@ print(json.dumps({{
 
 
 def test_applying_after_an_import_is_refused() -> None:
-    code = ("import datasets\nfrom pathlib import Path\nfrom adapter import offline\n"
-            "offline.apply(offline.Layout(True, 't'), Path('/x'), Path('/tmp/w'), False)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import datasets\nfrom pathlib import Path\nfrom adapter import offline\n"
+        "offline.apply(offline.Layout(True, 't'), Path('/x'), Path('/tmp/w'), False)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0 and "imported before the offline env" in proc.stderr
 
 
@@ -173,8 +183,9 @@ def test_the_model_host_and_loopback_stay_reachable(guard: None) -> None:
 def test_the_heartbeat_refreshes_status_json(tmp_path: Path) -> None:
     record = StatusRecord(component="run")
     beats = iter(range(1000))
-    writer = StatusWriter(tmp_path, record, heartbeat_s=0.05,
-                          progress=lambda: {"arc_easy": {"done": next(beats)}})
+    writer = StatusWriter(
+        tmp_path, record, heartbeat_s=0.05, progress=lambda: {"arc_easy": {"done": next(beats)}}
+    )
     writer.start()
     try:
         first = read_status(tmp_path / "status.json")

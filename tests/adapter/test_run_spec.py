@@ -109,8 +109,12 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_flags_beat_env_beat_defaults(tmp_path: Path) -> None:
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(EVALHUB_SPEC))
-    env = {"EVALHUB_JOB_SPEC_PATH": str(spec), "AIRGAP_EVAL_TEST_DATA": "/env/data",
-           "AIRGAP_EVAL_OUTPUT_DIR": "/env/out", "AIRGAP_EVAL_TERMINAL_EVENTS": "sidecar"}
+    env = {
+        "EVALHUB_JOB_SPEC_PATH": str(spec),
+        "AIRGAP_EVAL_TEST_DATA": "/env/data",
+        "AIRGAP_EVAL_OUTPUT_DIR": "/env/out",
+        "AIRGAP_EVAL_TERMINAL_EVENTS": "sidecar",
+    }
     cfg = resolve(_args("--output-dir", "/flag/out"), env)
     assert cfg.job_spec == spec
     assert cfg.test_data == Path("/env/data")
@@ -126,11 +130,25 @@ def test_a_bad_env_value_is_a_config_error() -> None:
 
 
 def test_flag_overrides_merge_into_the_spec() -> None:
-    cfg = resolve(_args("--tasks", "arc_easy,gsm8k", "--model-url", "http://m/v1",
-                        "--model-name", "tiny", "--param", "max_length=512",
-                        "--param", "tokenizer=/t"), {})
-    data = merge_overrides({"id": "x", "model": {"url": "old", "name": "n"},
-                            "parameters": {"batch_size": 2}}, cfg.overrides)
+    cfg = resolve(
+        _args(
+            "--tasks",
+            "arc_easy,gsm8k",
+            "--model-url",
+            "http://m/v1",
+            "--model-name",
+            "tiny",
+            "--param",
+            "max_length=512",
+            "--param",
+            "tokenizer=/t",
+        ),
+        {},
+    )
+    data = merge_overrides(
+        {"id": "x", "model": {"url": "old", "name": "n"}, "parameters": {"batch_size": 2}},
+        cfg.overrides,
+    )
     spec = parse_job_spec(data)
     params = parse_parameters(spec.parameters)
     assert spec.model.url == "http://m/v1" and spec.model.name == "tiny"

@@ -30,19 +30,28 @@ sys.exit(code)
 
 
 def test_one_index_read_and_one_load_per_bundle(test_data: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "AIRGAP_EVAL_", "EVALHUB_", "OPENAI_", "NLTK_"))}
-    env |= {"AIRGAP_EVAL_WORK_DIR": str(tmp_path / "work"),
-            "AIRGAP_EVAL_OUTPUT_DIR": str(tmp_path / "results")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "AIRGAP_EVAL_", "EVALHUB_", "OPENAI_", "NLTK_"))
+    }
+    env |= {
+        "AIRGAP_EVAL_WORK_DIR": str(tmp_path / "work"),
+        "AIRGAP_EVAL_OUTPUT_DIR": str(tmp_path / "results"),
+    }
     with stub_server(Fault(echo_logprobs=True)) as url:
         spec = write_spec(tmp_path / "job.json", url, ["arc_easy"])
         proc = subprocess.run(
             [sys.executable, "-c", SCRIPT, "--job-spec", str(spec), "--test-data", str(test_data)],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("OPENED="))
-    opened = json.loads(line[len("OPENED="):])
+    opened = json.loads(line[len("OPENED=") :])
     bundle = [p for p in opened if "allenai--ai2_arc--ARC-Easy" in p]
     assert len(bundle) == 1, opened
     assert len([p for p in opened if "task-index" in p]) == 1, opened

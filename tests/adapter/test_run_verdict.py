@@ -36,15 +36,25 @@ sys.exit(code)
 BOUND_S = 20.0  # loose: catches a Hub retry loop (50 s before) or an index rebuild
 
 
-def _run(tmp_path: Path, args: list[str],
-         env_extra: dict[str, str] | None = None) -> tuple[int, str, list[str], float, Path]:
+def _run(
+    tmp_path: Path, args: list[str], env_extra: dict[str, str] | None = None
+) -> tuple[int, str, list[str], float, Path]:
     out = tmp_path / "results"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "AIRGAP_EVAL_", "EVALHUB_", "OPENAI_", "NLTK_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "AIRGAP_EVAL_", "EVALHUB_", "OPENAI_", "NLTK_"))
+    }
     env |= {"AIRGAP_EVAL_WORK_DIR": str(tmp_path / "work"), "AIRGAP_EVAL_OUTPUT_DIR": str(out)}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=REPO,
-                          env=env | (env_extra or {}), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *args],
+        cwd=REPO,
+        env=env | (env_extra or {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seconds = time.monotonic() - t0
     heavy_line = [ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY=")]
     heavy = json.loads(heavy_line[-1][6:]) if heavy_line else ["?"]
@@ -76,11 +86,17 @@ CASES: list[tuple[str, Any, dict[str, Any], ExitCode, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("breakage", "spec_change", "code", "text"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("breakage", "spec_change", "code", "text"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_a_failing_job_fails_before_the_heavy_imports(
-    breakage: Any, spec_change: dict[str, Any], code: ExitCode, text: str,
-    test_data: Path, tmp_path: Path, model: str,
+    breakage: Any,
+    spec_change: dict[str, Any],
+    code: ExitCode,
+    text: str,
+    test_data: Path,
+    tmp_path: Path,
+    model: str,
 ) -> None:
     if breakage is not None:
         breakage(test_data)
@@ -93,7 +109,8 @@ def test_a_failing_job_fails_before_the_heavy_imports(
     data["model"]["name"] = name
     spec.write_text(json.dumps(data))
     rc, output, heavy, seconds, out = _run(
-        tmp_path, ["--job-spec", str(spec), "--test-data", str(test_data)])
+        tmp_path, ["--job-spec", str(spec), "--test-data", str(test_data)]
+    )
     assert rc == code, output
     assert len([ln for ln in output.splitlines() if f"[{code.name}]" in ln]) == 1, output
     assert heavy == [], f"imported {heavy} before failing"
@@ -113,13 +130,14 @@ def test_a_missing_test_data_dir_is_named_and_never_goes_online(
     if how == "flag":
         rc, output, heavy, seconds, _ = _run(tmp_path, [*args, "--test-data", str(missing)])
     else:  # the env var, as a pod sets it
-        rc, output, heavy, seconds, _ = _run(tmp_path, args, {"AIRGAP_EVAL_TEST_DATA": str(missing)})
+        rc, output, heavy, seconds, _ = _run(
+            tmp_path, args, {"AIRGAP_EVAL_TEST_DATA": str(missing)}
+        )
     assert rc == ExitCode.MISSING_DATA, output
     errors = [ln for ln in output.splitlines() if "[MISSING_DATA]" in ln]
     assert len(errors) == 1 and f"test data dir {missing} does not exist" in errors[0], output
     assert "huggingface.co" not in output and heavy == []
     assert seconds < BOUND_S, seconds
-
 
 
 def test_online_mode_bounds_a_hub_that_does_not_answer(tmp_path: Path, model: str) -> None:
@@ -131,8 +149,8 @@ def test_online_mode_bounds_a_hub_that_does_not_answer(tmp_path: Path, model: st
         endpoint = f"http://127.0.0.1:{hub.getsockname()[1]}"
         spec = write_spec(tmp_path / "job.json", model, ["arc_easy"], tokenizer="org/tok")
         rc, output, _, seconds, _ = _run(
-            tmp_path, ["--job-spec", str(spec), "--test-data", str(tmp_path / "none"),
-                       "--offline", "off"],
+            tmp_path,
+            ["--job-spec", str(spec), "--test-data", str(tmp_path / "none"), "--offline", "off"],
             {"HF_ENDPOINT": endpoint, "AIRGAP_EVAL_ONLINE_TIMEOUT": "2"},
         )
     assert rc == ExitCode.UNREACHABLE, output

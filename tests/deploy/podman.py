@@ -47,7 +47,9 @@ def env() -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         ["podman", *args],
         env=os.environ | env(),

@@ -57,7 +57,9 @@ def test_writable_dirs_are_writable_by_an_arbitrary_uid(
     images: dict[str, str], target: str
 ) -> None:
     """Without a mount over them (`docker run` with no -v): group 0 owns them, g=u."""
-    script = "; ".join(f"touch {d}/probe && echo ok {d}" for d in ("/test_data", "/results", "/cache"))
+    script = "; ".join(
+        f"touch {d}/probe && echo ok {d}" for d in ("/test_data", "/results", "/cache")
+    )
     proc = podman(
         "run", "--rm", "--user", ARBITRARY_UID, "--entrypoint", "sh", images[target], "-c", script
     )  # fmt: skip

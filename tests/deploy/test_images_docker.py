@@ -222,7 +222,10 @@ def test_docker_run_as_docs_deploy_md_shows_it(
     )
     port = str(conn.endpoint).rsplit(":", 1)[1]
     script = with_s3.replace("http://minio.local:9000", f"http://host.containers.internal:{port}")
-    env |= {"AWS_ACCESS_KEY_ID": str(conn.access_key), "AWS_SECRET_ACCESS_KEY": str(conn.secret_key)}
+    env |= {
+        "AWS_ACCESS_KEY_ID": str(conn.access_key),
+        "AWS_SECRET_ACCESS_KEY": str(conn.secret_key),
+    }
     volumes = ("td", "res")
     subprocess.run(["docker", "volume", "rm", "-f", *volumes], env=os.environ | env, check=False)
     try:

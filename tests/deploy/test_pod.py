@@ -29,6 +29,7 @@ from tests.deploy.podman import IMAGES, VERSION, build_images, inspect, podman
 
 pytestmark = [pytest.mark.podman, pytest.mark.e2e, pytest.mark.timeout(3600)]
 
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     """Its own server: a secret key no other test uses, to look for in the logs."""
@@ -121,7 +122,9 @@ class Play:
             for o in page.get("Contents", [])
         ]
         return {
-            k.removeprefix(base): s3.get_object(Bucket=self.where.results_bucket, Key=k)["Body"].read()
+            k.removeprefix(base): s3.get_object(Bucket=self.where.results_bucket, Key=k)[
+                "Body"
+            ].read()
             for k in keys
         }
 

@@ -33,7 +33,9 @@ def job_spec(
     }
 
 
-def run_args(spec: dict[str, Any], workdir: Path, test_data: Path, cache_dir: Path | None = None) -> list[str]:
+def run_args(
+    spec: dict[str, Any], workdir: Path, test_data: Path, cache_dir: Path | None = None
+) -> list[str]:
     """The `airgap-eval run` command line; the spec goes to workdir/job.json."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = workdir / "job.json"
@@ -88,12 +90,18 @@ def scores(results: dict[str, Any], task: str) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in results["results"][task].items()
-        if "_stderr" not in k and k not in ("alias", "name", "sample_len") and isinstance(v, int | float)
+        if "_stderr" not in k
+        and k not in ("alias", "name", "sample_len")
+        and isinstance(v, int | float)
     }
 
 
 def hf_reference(
-    assets: TinyAssets, test_data: Path, tasks: list[str], out: Path, gen_kwargs: dict[str, Any] | None = None,
+    assets: TinyAssets,
+    test_data: Path,
+    tasks: list[str],
+    out: Path,
+    gen_kwargs: dict[str, Any] | None = None,
     limit: int | None = None,
 ) -> dict[str, Any]:
     """lm_eval `--model hf` in-process (in the vLLM venv, which has torch) over the same files."""

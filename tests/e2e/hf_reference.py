@@ -29,7 +29,7 @@ def _redirect_load_dataset(test_data: Path) -> None:
     import datasets
 
     sys.path.insert(0, str(REPO))
-    from adapter.slugs import slug
+    from tasks.slugs import slug
 
     def load_dataset(path: str, name: str | None = None, **_: Any) -> Any:
         return datasets.load_from_disk(str(test_data / slug(path, name)))

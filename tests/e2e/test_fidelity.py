@@ -58,10 +58,18 @@ def test_airgap_run_scores_match_lm_eval_hf_in_process(
             mine = loglikelihoods(sample)
             if mine is None:  # generation: the same greedy text, the same extracted answer
                 assert sample["resps"] == theirs["resps"], (task, sample["doc_id"])
-                assert sample["filtered_resps"] == theirs["filtered_resps"], (task, sample["doc_id"])
+                assert sample["filtered_resps"] == theirs["filtered_resps"], (
+                    task,
+                    sample["doc_id"],
+                )
                 continue
-            assert mine == pytest.approx(theirs["loglikelihoods"], abs=LOGLIK_TOL), (task, sample["doc_id"])
-            worst = max(worst, *(abs(a - b) for a, b in zip(mine, theirs["loglikelihoods"], strict=True)))
+            assert mine == pytest.approx(theirs["loglikelihoods"], abs=LOGLIK_TOL), (
+                task,
+                sample["doc_id"],
+            )
+            worst = max(
+                worst, *(abs(a - b) for a, b in zip(mine, theirs["loglikelihoods"], strict=True))
+            )
     print(f"fidelity: identical metrics on {TASKS}; max |loglikelihood difference| {worst:.2e}")
 
     status = json.loads((results_dir / "status.json").read_text())

@@ -10,7 +10,9 @@ from common.errors import ConfigError
 from testbed.modelserver import VLLM_PYTHON_ENV, VLLMServer, vllm_python
 
 
-def test_missing_vllm_python_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_vllm_python_names_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(VLLM_PYTHON_ENV, str(tmp_path / "nope" / "python"))
     with pytest.raises(ConfigError) as e:
         vllm_python()

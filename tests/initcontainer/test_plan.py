@@ -77,4 +77,6 @@ def test_markers_and_safe_names(tmp_path: Path) -> None:
     assert plan.dirs == [(tmp_path / "d" / "empty-dir").resolve()]
     for item in plan.items:
         assert Path(item.path) == (tmp_path / "d").resolve() / item.rel
-        assert Path(item.partial) == (tmp_path / "d" / ".airgap-eval" / "partial").resolve() / item.rel
+        assert (
+            Path(item.partial) == (tmp_path / "d" / ".airgap-eval" / "partial").resolve() / item.rel
+        )

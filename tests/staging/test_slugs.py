@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from adapter.bundles import locate
-from adapter.slugs import candidates, slug
+from tasks.bundles import locate
+from tasks.slugs import candidates, slug
 from tests.staging.test_stage import REPO, run_cli
 
 CASES: list[tuple[str, str | None, Any, str, list[str]]] = [

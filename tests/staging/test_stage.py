@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from adapter.slugs import slug
-from adapter.taskindex import load_index, resolve
-from adapter.taskplan import plan_tasks
 from common.errors import ConfigError
 from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest, mismatches
 from staging.stage import stage
+from tasks.index import load_index, resolve_tasks
+from tasks.plan import plan_tasks
+from tasks.slugs import slug
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -154,7 +154,7 @@ def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
 def test_plan_groups_leaves_and_detects_assets(custom_tasks: Path) -> None:
 
     index = load_index(None, [custom_tasks])
-    plan = plan_tasks(resolve(["stg_suite", "stg_nltk"], index), index)
+    plan = plan_tasks(resolve_tasks(["stg_suite", "stg_nltk"], index), index)
     assert sorted(plan.task_slugs) == ["stg_csv", "stg_folder", "stg_nltk", "stg_qa"]
     # stg_qa and stg_nltk read the same files: one bundle
     assert plan.task_slugs["stg_qa"] == plan.task_slugs["stg_nltk"] == [qa_slug(custom_tasks)]

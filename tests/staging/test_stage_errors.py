@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from adapter.taskindex import load_index
 from common.errors import ExitCode
+from tasks.index import load_index
 from testbed.localservers import free_port
 from tests.httpstub import serving, silent
 
@@ -46,11 +46,15 @@ def _stage(
         for k, v in os.environ.items()
         if not k.startswith(("HF_", "TQDM_")) and not k.lower().endswith("_proxy")
     }
-    env = clean | {
-        "HF_ENDPOINT": endpoint,
-        "HF_HOME": str(tmp_path / "hf"),  # an empty cache: nothing to fall back on
-        "NO_PROXY": "127.0.0.1",
-    } | (env or {})
+    env = (
+        clean
+        | {
+            "HF_ENDPOINT": endpoint,
+            "HF_HOME": str(tmp_path / "hf"),  # an empty cache: nothing to fall back on
+            "NO_PROXY": "127.0.0.1",
+        }
+        | (env or {})
+    )
     out = tmp_path / "staged"
     return _cli(["stage", *tasks, "--tokenizer", "gpt2", "--out", str(out), *extra], env)
 

@@ -95,7 +95,9 @@ def _entry_record(entry: Any) -> dict[str, Any]:
     return rec
 
 
-def build_index(include_path: list[Path] | None = None, include_defaults: bool = True) -> dict[str, Any]:
+def build_index(
+    include_path: list[Path] | None = None, include_defaults: bool = True
+) -> dict[str, Any]:
     """Scan configs with lm_eval's own TaskManager (the slow part, done once)."""
     from lm_eval.tasks import TaskManager
 
@@ -191,7 +193,7 @@ def _expand(
     out.leaves.append(LeafTask(spec, python_class=kind == "PY_TASK", **fields))
 
 
-def resolve(names: list[str], index: dict[str, Any]) -> Resolution:
+def resolve_tasks(names: list[str], index: dict[str, Any]) -> Resolution:
     """Tasks, groups, tags or glob patterns -> leaf tasks and the config folders they need."""
     out = Resolution()
     seen: set[str] = set()

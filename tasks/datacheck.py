@@ -16,10 +16,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
-from adapter.bundles import locate
-from adapter.taskplan import TaskPlan
 from common.layout import TOKENIZER_DIR_NAME
 from common.manifest import Manifest
+from tasks.bundles import locate
+from tasks.plan import TaskPlan
 
 Status = Literal["ok", "missing", "unreadable", "mismatch", "incompatible", "unknown"]
 TOKENIZER_ITEM = "(tokenizer)"

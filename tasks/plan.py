@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from adapter.slugs import slug
-from adapter.taskindex import LeafTask, Resolution
 from common.errors import ConfigError
+from tasks.index import LeafTask, Resolution
+from tasks.slugs import slug
 
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 

@@ -33,7 +33,9 @@ def slug(dataset_path: str, dataset_name: str | None = None, data_files: Any = N
     return SEP.join(parts)
 
 
-def candidates(dataset_path: str, dataset_name: str | None = None, data_files: Any = None) -> list[str]:
+def candidates(
+    dataset_path: str, dataset_name: str | None = None, data_files: Any = None
+) -> list[str]:
     """The slug first, then its legacy alias (if different): the dirs to look for, in order."""
     main = slug(dataset_path, dataset_name, data_files)
     out = [main]

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapter.slugs import candidates
 from common.layout import BUNDLE_MARKER
+from tasks.slugs import candidates
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ def is_bundle(path: Path) -> bool:
     return (path / BUNDLE_MARKER).is_file() or (path / "state.json").is_file()
 
 
-def locate(test_data: Path, dataset_path: str, dataset_name: str | None = None, data_files: Any = None) -> Lookup:
+def locate(
+    test_data: Path, dataset_path: str, dataset_name: str | None = None, data_files: Any = None
+) -> Lookup:
     tried = tuple(candidates(dataset_path, dataset_name, data_files))
     for name in tried:
         if is_bundle(test_data / name):
