@@ -1,9 +1,10 @@
 """The one place run settings are resolved: flags > env > job spec > secret files > defaults.
 
-Two steps, both here: `resolve` reads the flags and the environment (where the results go,
-where the data lies: known before anything can fail with a status record), then
-`prepare_job` reads the job spec once and freezes everything the run needs into a `RunConfig`
-(spec, parameters, task names, index path, debug, API key). Flags override spec fields
+Three steps, all here: `resolve` reads the flags and the environment (where the results go,
+where the data lies: known before anything can fail with a status record), `read_job` reads
+the job spec once, light (its parameters and task names: a `Job`), then `prepare_job` parses
+it with eval-hub-sdk and freezes everything the run needs into a `RunConfig` (a `Job` plus
+the SDK's spec and the API key). Flags override spec fields
 (`--tasks`, `--model-url`, `--param`); env settings beat the spec's (`AIRGAP_EVAL_CACHE_DIR`
 over `parameters.cache_dir`, `OPENAI_API_KEY` over the model auth secret file).
 """
@@ -101,9 +102,10 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--offline",
         choices=["auto", "on", "off"],
-        help="offline mode (env AIRGAP_EVAL_OFFLINE; default auto: on when the "
-        "test data holds a manifest or bundles; a test-data dir that does not exist "
-        "is an error unless off)",
+        help="offline mode (env AIRGAP_EVAL_OFFLINE; default auto: on when anything "
+        "points at it: a sync record, manifest or bundle in the test data, the tokenizer "
+        "under it, or an empty dir; a test-data dir that does not exist is an error unless "
+        "off)",
     )
     p.add_argument(
         "--terminal-events",
@@ -243,15 +245,15 @@ def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything one run needs, resolved once (`prepare_job`); the steps only read it."""
+class Job:
+    """The spec's JSON (flag overrides merged), its parameters and task names, read light (no
+    eval-hub-sdk): the data verdict comes before anything heavy is imported."""
 
     settings: Settings
-    spec: JobSpec
+    data: dict[str, Any]
     params: RunParameters
     tasks: tuple[str, ...]
     include_path: tuple[Path, ...]
-    api_key: str | None = field(repr=False)
 
     @property
     def task_index(self) -> Path | None:
@@ -261,10 +263,26 @@ class RunConfig:
     def debug(self) -> bool:
         return self.settings.verbose
 
+    @property
+    def model_url(self) -> str:
+        return str(self.data["model"]["url"])
 
-def read_job(settings: Settings) -> tuple[dict[str, Any], RunParameters, list[str]]:
-    """The spec's JSON with the flag overrides, its parameters and task names: light (no
-    eval-hub-sdk), so a bad spec fails before anything heavy is imported."""
+    @property
+    def callback_url(self) -> str | None:
+        url = self.data.get("callback_url")
+        return url if isinstance(url, str) and url else None
+
+
+@dataclass(frozen=True)
+class RunConfig(Job):
+    """Everything one run needs, resolved once (`prepare_job`); the steps only read it."""
+
+    spec: JobSpec
+    api_key: str | None = field(repr=False)
+
+
+def read_job(settings: Settings) -> Job:
+    """A bad spec fails here, before anything heavy is imported."""
     data = read_spec_file(settings.job_spec) if settings.job_spec else {"id": "local"}
     data = merge_overrides(data, settings.overrides)
     raw = data.get("parameters")
@@ -273,24 +291,21 @@ def read_job(settings: Settings) -> tuple[dict[str, Any], RunParameters, list[st
     if not (isinstance(model, dict) and model.get("url")):
         raise ConfigError("job spec has no model.url", "set model.url (or --model-url)")
     benchmark = data.get("benchmark_id")
-    return data, params, task_names(benchmark if isinstance(benchmark, str) else None, params)
+    tasks = task_names(benchmark if isinstance(benchmark, str) else None, params)
+    include = tuple(Path(p) for p in params.include_path or [])
+    return Job(settings, data, params, tuple(tasks), include)
 
 
-def prepare_job(
-    settings: Settings,
-    data: dict[str, Any],
-    params: RunParameters,
-    tasks: list[str],
-    env: Mapping[str, str],
-) -> RunConfig:
-    spec = parse_job_spec(data, f"job spec {settings.job_spec or '(from flags)'}")
+def prepare_job(job: Job, env: Mapping[str, str]) -> RunConfig:
+    spec = parse_job_spec(job.data, f"job spec {job.settings.job_spec or '(from flags)'}")
     return RunConfig(
-        settings=settings,
+        settings=job.settings,
+        data=job.data,
+        params=job.params,
+        tasks=job.tasks,
+        include_path=job.include_path,
         spec=spec,
-        params=params,
-        tasks=tuple(tasks),
-        include_path=tuple(Path(p) for p in params.include_path or []),
-        api_key=model_api_key(settings, data, spec, env),
+        api_key=model_api_key(job.settings, job.data, spec, env),
     )
 
 

@@ -39,6 +39,83 @@ def _assert_failed(r: RunResult, code: ExitCode, error_code: str) -> str:
     return status.error.message + " -- " + (status.error.hint or "")
 
 
+@pytest.fixture
+def hub_listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, list[Any]]]:
+    """A stand-in Hub (HF_ENDPOINT) that records every connection and never answers."""
+    accepted: list[Any] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+@pytest.mark.parametrize("tree", ["empty", "tokenizer only", "lost+found only"])
+def test_an_empty_or_incomplete_dir_is_missing_data_at_once_and_never_online(
+    tree: str, tmp_path: Path, run_cli: Run, hub_listener: tuple[str, list[Any]]
+) -> None:
+    hub, accepted = hub_listener
+    data = tmp_path / "test_data"
+    data.mkdir()
+    tokenizer = "gpt2"  # a Hub id: nothing but the tree points at offline
+    if tree == "tokenizer only":
+        (data / "tokenizer").mkdir()
+        (data / "tokenizer" / "tokenizer.json").write_text("{}")
+        tokenizer = str(data / "tokenizer")
+    elif tree == "lost+found only":
+        (data / "lost+found").mkdir()
+    spec = write_spec(
+        tmp_path / "job.json", "http://127.0.0.1:9/v1", ["arc_easy"], tokenizer=tokenizer
+    )
+    r = run_cli(
+        ["--job-spec", str(spec), "--test-data", str(data)],
+        env={"HF_ENDPOINT": hub, "AIRGAP_EVAL_ONLINE_TIMEOUT": "30"},
+    )
+    text = _assert_failed(r, ExitCode.MISSING_DATA, "MISSING_DATA")
+    assert str(data) in text
+    if tree == "tokenizer only":
+        assert "allenai--ai2_arc--ARC-Easy" in text and "airgap-eval stage" in text
+    else:
+        assert "nothing synced" in text and "airgap-eval sync" in text
+    mode = next(line for line in r.output.splitlines() if "mode (" in line)
+    assert "offline mode" in mode and ("empty" in mode or "tokenizer" in mode), r.output
+    assert accepted == []  # nothing contacted the Hub
+    assert "online" not in r.output
+    assert r.seconds is not None and r.seconds < 10  # ~0.6 s here: no Hub wait, no task build
+    print(f"{tree}: exit {r.code} in {r.seconds:.2f} s")
+
+
+def test_an_early_failure_still_reports_failed_to_evalhub(
+    tmp_path: Path, run_cli: Run, receiver: tuple[str, list[dict[str, Any]]]
+) -> None:
+    callback, events = receiver
+    (tmp_path / "test_data").mkdir()
+    spec = write_spec(tmp_path / "job.json", "http://127.0.0.1:9/v1", ["arc_easy"])
+    spec.write_text(json.dumps(json.loads(spec.read_text()) | {"callback_url": callback}))
+    r = run_cli(["--job-spec", str(spec), "--test-data", str(tmp_path / "test_data")])
+    _assert_failed(r, ExitCode.MISSING_DATA, "MISSING_DATA")
+    assert [e["status"] for e in events] == ["failed"]
+    assert events[0]["error_message"]["message_code"] == "missing_data"
+
+
 def test_every_missing_bundle_is_listed_in_one_error(
     test_data: Path, tmp_path: Path, run_cli: Run
 ) -> None:
