@@ -24,6 +24,7 @@ from common.layout import (
     STATE_DIR_NAME,
     SYNC_STATUS_NAME,
 )
+from common.status import read_status
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,30 @@ def refuse_missing_test_data(test_data: Path, mode: str) -> None:
             "AIRGAP_EVAL_TEST_DATA); to run online from the Hugging Face Hub instead, pass "
             "--offline off",
         )
+
+
+def refuse_failed_sync(test_data: Path) -> None:
+    """The sync's own record, when it left one: a failed or unfinished sync is the cause of
+    whatever is missing, and rerunning it (not restaging) is the fix."""
+    path = sync_status_path(test_data)
+    record = read_status(path)
+    if record is None or record.state == "completed":
+        return
+    rerun = (
+        f"rerun the sync into {test_data} (the pod's init container, or `airgap-eval sync "
+        f"--dest {test_data}` with the same bucket and prefix); it resumes what is in place"
+    )
+    if record.state == "running":
+        raise MissingDataError(
+            f"the sync into {test_data} has not finished: {path} says running since "
+            f"{record.started_at:%Y-%m-%d %H:%M:%S} UTC (last update "
+            f"{record.updated_at:%H:%M:%S}); it is still running or was killed",
+            f"wait for it to finish, or {rerun}",
+        )
+    err = record.error
+    what = f"[{err.code}] {err.message}" if err else f"exit {record.exit_code}"
+    hint = f"{err.hint}; then " if err and err.hint else ""
+    raise MissingDataError(f"the sync into {test_data} failed: {what} ({path})", hint + rerun)
 
 
 def refuse_nothing_synced(test_data: Path) -> None:

@@ -185,6 +185,7 @@ class Run:
         self.offline = layout.offline
         if layout.offline:
             egress.enable([job.model_url, job.callback_url or ""])
+            offline.refuse_failed_sync(s.test_data)
             offline.refuse_nothing_synced(s.test_data)
 
     # --- resolve ------------------------------------------------------------------------

@@ -4,9 +4,13 @@ exit code, a status record, the `done` marker and a message naming what to fix."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +21,7 @@ import pytest
 from common.errors import ExitCode
 from tests.adapter.conftest import RunResult, write_spec
 from tests.adapter.stub_openai import Fault, stub_server
+from tests.httpstub import silent
 
 TASKS = ["arc_easy", "gsm8k", "hellaswag", "blimp_adjunct_island"]
 Run = Callable[..., RunResult]
@@ -114,6 +119,50 @@ def test_an_early_failure_still_reports_failed_to_evalhub(
     _assert_failed(r, ExitCode.MISSING_DATA, "MISSING_DATA")
     assert [e["status"] for e in events] == ["failed"]
     assert events[0]["error_message"]["message_code"] == "missing_data"
+
+
+def _sync(dest: Path, endpoint: str, **popen: Any) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TEST_DATA_"))}
+    env |= {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK", "AWS_DEFAULT_REGION": "x"}
+    args = ["--bucket", "evals", "--prefix", "p", "--dest", str(dest), "--endpoint", endpoint]
+    return subprocess.Popen(
+        [sys.executable, "-m", "airgap_eval", "sync", *args, "--timeout", "20"],
+        env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen,
+    )  # fmt: skip
+
+
+def test_a_failed_sync_ends_the_run_with_the_syncs_error(
+    test_data: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    """The tree even holds a manifest.json: the sync's record says what went wrong."""
+    sync = _sync(test_data, f"http://127.0.0.1:{_closed_port()}")
+    sync_output, _ = sync.communicate(timeout=60)
+    assert sync.returncode == ExitCode.UNREACHABLE, sync_output
+    spec = write_spec(tmp_path / "job.json", "http://127.0.0.1:9/v1", ["arc_easy"])
+    r = run_cli(["--job-spec", str(spec), "--test-data", str(test_data)])
+    text = _assert_failed(r, ExitCode.MISSING_DATA, "MISSING_DATA")
+    assert f"the sync into {test_data} failed: [UNREACHABLE]" in text
+    assert "rerun the sync" in text and "airgap-eval stage" not in text
+    assert r.seconds is not None and r.seconds < 10
+    print(f"failed sync: exit {r.code} in {r.seconds:.2f} s")
+
+
+def test_a_killed_sync_is_an_unfinished_one(tmp_path: Path, run_cli: Run) -> None:
+    data = tmp_path / "test_data"
+    with silent() as port:  # the S3 server hangs: the sync is mid-way when killed
+        sync = _sync(data, f"http://127.0.0.1:{port}")
+        record = data / ".airgap-eval" / "sync-status.json"
+        deadline = time.monotonic() + 30
+        while not record.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sync.kill()
+        sync.wait()
+    assert json.loads(record.read_text())["state"] == "running"
+    spec = write_spec(tmp_path / "job.json", "http://127.0.0.1:9/v1", ["arc_easy"])
+    r = run_cli(["--job-spec", str(spec), "--test-data", str(data)])
+    text = _assert_failed(r, ExitCode.MISSING_DATA, "MISSING_DATA")
+    assert "has not finished" in text and "rerun the sync" in text
+    print(f"killed sync: exit {r.code} in {r.seconds:.2f} s")
 
 
 def test_every_missing_bundle_is_listed_in_one_error(
