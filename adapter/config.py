@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter.parameters import RunParameters, parse_parameters, task_names
 from common.errors import ConfigError
-from common.jobspec import STANDALONE_DEFAULTS, parse_job_spec, read_spec_file
+from common.jobspec import STANDALONE_DEFAULTS, check_fields, parse_job_spec, read_spec_file
 from common.layout import DEFAULT_RESULTS, DEFAULT_TEST_DATA
 
 if TYPE_CHECKING:
@@ -285,8 +285,9 @@ def read_job(settings: Settings) -> Job:
     """A bad spec fails here, before anything heavy is imported."""
     data = read_spec_file(settings.job_spec) if settings.job_spec else {"id": "local"}
     data = merge_overrides(data, settings.overrides)
+    check_fields(data, f"job spec {settings.job_spec or '(from flags)'}")
     raw = data.get("parameters")
-    params = parse_parameters(raw if isinstance(raw, dict) else {})
+    params = parse_parameters(raw if isinstance(raw, dict) else {})  # checked: a dict or None
     model = data.get("model")
     if not (isinstance(model, dict) and model.get("url")):
         raise ConfigError("job spec has no model.url", "set model.url (or --model-url)")

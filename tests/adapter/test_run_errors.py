@@ -206,6 +206,36 @@ def test_an_unknown_spec_field_is_named(test_data: Path, tmp_path: Path, run_cli
     assert "unknown field 'parameters.numfewshot'" in text
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"num_examples": -1}, "num_examples: must be a positive integer (got -1)"),
+        ({"num_examples": 0}, "num_examples: must be a positive integer (got 0)"),
+        ({"num_examples": "ten"}, "num_examples: must be a positive integer (got 'ten')"),
+        ({"modle": {"name": "tiny"}}, "unknown field 'modle' (did you mean 'model'?)"),
+        ({"parameters": {"num_fewshot": -1}}, "parameters.num_fewshot"),
+        ({"parameters": {"seed": -5}}, "parameters.seed"),
+        ({"parameters": {"batch_size": "many"}}, "parameters.batch_size"),
+    ],
+)
+def test_a_bad_spec_field_is_config_before_anything_else(
+    change: dict[str, Any], named: str, test_data: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    spec = write_spec(tmp_path / "job.json", "http://127.0.0.1:9/v1", ["arc_easy"])
+    data = json.loads(spec.read_text())
+    if "modle" in change:  # misspelled: the right name is absent
+        del data["model"]
+    data |= change
+    if "parameters" in change:
+        data["parameters"] = {"tasks": ["arc_easy"], **change["parameters"]}
+    spec.write_text(json.dumps(data))
+    r = run_cli(["--job-spec", str(spec), "--test-data", str(test_data)])
+    text = _assert_failed(r, ExitCode.CONFIG, "CONFIG")
+    assert named in text, text
+    assert "phase: loading_data" not in r.output and "rerun" not in text
+    print(f"{change}: exit {r.code} in {r.seconds:.2f} s")
+
+
 def test_an_unknown_task_is_named(test_data: Path, tmp_path: Path, run_cli: Run) -> None:
     spec = write_spec(tmp_path / "job.json", "http://127.0.0.1:9/v1", ["arc_easy", "arc_eazy"])
     r = run_cli(["--job-spec", str(spec), "--test-data", str(test_data)])
