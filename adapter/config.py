@@ -49,6 +49,7 @@ class Settings:
     online_timeout_s: float  # online mode: the most a Hub fetch (the tokenizer) may take
     verbose: bool  # --verbose or AIRGAP_EVAL_DEBUG
     max_concurrent: int | None = None  # AIRGAP_EVAL_MAX_CONCURRENT: beats the spec's ceiling
+    defaulted: tuple[str, ...] = ()  # the dirs neither a flag nor the env chose
 
     def request_cache_dir(self, spec_cache_dir: str | None) -> Path:
         if self.cache_dir is not None:
@@ -206,6 +207,14 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         raise ConfigError(f"AIRGAP_EVAL_MAX_CONCURRENT={ceiling!r} is not a positive integer",
                           "set the most parallel model requests, e.g. 64")  # fmt: skip
     index = _pick(env, args.task_index, "AIRGAP_EVAL_TASK_INDEX", None)
+    defaulted = tuple(
+        flag
+        for flag, value, var in (
+            ("--output-dir", args.output_dir, "AIRGAP_EVAL_OUTPUT_DIR"),
+            ("--work-dir", args.work_dir, "AIRGAP_EVAL_WORK_DIR"),
+        )
+        if value is None and not env.get(var)
+    )
     return Settings(
         job_spec=Path(job_spec) if job_spec else None,
         overrides=overrides,
@@ -228,6 +237,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         online_timeout_s=seconds["AIRGAP_EVAL_ONLINE_TIMEOUT"],
         verbose=args.verbose or bool(env.get("AIRGAP_EVAL_DEBUG")),
         max_concurrent=int(ceiling) if ceiling else None,
+        defaulted=defaulted,
     )
 
 

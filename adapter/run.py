@@ -106,6 +106,7 @@ class Run:
         self.events: Events | None = None
         self.results: JobResults | None = None
         self.tracker: Any = None  # lm_eval's EvaluationTracker, from evaluate to publish
+        self.files: list[Path] = []  # what publish wrote (results, samples)
 
     def _phase(self, name: str) -> None:
         self.writer.phase(name)
@@ -274,7 +275,7 @@ class Run:
         } | (p.metadata or {})
         built = ev.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
         preflight.check_tasks(built.tasks, p.model_type, prepared.endpoint, p.allow_code_execution)
-        progress = RunProgress()
+        progress = RunProgress(built.tasks)
         self.writer.progress = progress.snapshot
         return Loaded(settings, built, make_model(settings, progress), progress)
 
@@ -324,6 +325,7 @@ class Run:
             results, self.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
         )
         redact_files(files)
+        self.files = files
         spec = cfg.spec
         metrics = evalhub_metrics(results, spec.benchmark_id, list(cfg.tasks))
         self.status.metrics = metrics
