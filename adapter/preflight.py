@@ -25,7 +25,7 @@ from common.errors import (
 )
 from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest
-from common.network import StepTimeout, hub_endpoint, run_bounded
+from common.network import PROBE_TIMEOUT_S, StepTimeout, hub_endpoint, run_bounded
 from tasks.datacheck import (
     TOKENIZER_ITEM,
     Item,
@@ -41,7 +41,6 @@ from tasks.plan import TaskPlan
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 10.0
 LOGLIKELIHOOD_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from common.storage import Deadline, Storage, open_storage
+from common.engine import open_storage
+from common.storage import Deadline, Storage
 from initcontainer.config import SyncConfig
 from initcontainer.state import partial_root
 

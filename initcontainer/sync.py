@@ -21,7 +21,7 @@ from common.errors import ConfigError, IntegrityError, NotFoundError
 from common.layout import MANIFEST_NAME
 from common.logs import Progress
 from common.manifest import Manifest, sha256_file
-from common.storage import S3Object, folder
+from common.storage import S3Object, folder, s3_uri
 from initcontainer.config import SyncConfig
 from initcontainer.plan import Item, SyncPlan, apply_manifest, check_keys, decide
 from initcontainer.start import INLINE_HASH_BYTES, HashPool, Start, begin
@@ -90,7 +90,7 @@ class Sync:
                 raise NotFoundError(
                     f"no objects under {cfg.source} (the prefix is matched as a folder)",
                     "check TEST_DATA_S3_BUCKET / TEST_DATA_S3_KEY (or --bucket / --prefix); "
-                    f"`aws s3 ls s3://{cfg.bucket}/` shows what is there",
+                    f"`aws s3 ls {s3_uri(cfg.bucket)}` shows what is there",
                 )
         except BaseException:
             if self.start.copy is not None:  # nothing was placed: drop what the copy brought
