@@ -32,7 +32,7 @@ from adapter.config import Job, RunConfig, Settings, prepare_job, read_job
 from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
 from common.errors import AirgapError, MissingDataError
 from common.logs import register_secret
-from tasks.datacheck import TreeCheck, stage_command
+from tasks.datacheck import TreeCheck, stage_command, tokenizer_dir
 from tasks.index import (
     Resolution,
     build_index,
@@ -46,11 +46,13 @@ from tasks.plan import TaskPlan, plan_tasks
 
 if TYPE_CHECKING:
     from evalhub.adapter import JobResults
+    from lm_eval.loggers import EvaluationTracker
 
     from adapter.evaluate import BuiltTasks, ModelSettings
     from adapter.events import Events, SdkAdapter
     from adapter.outputs import StatusWriter
     from adapter.progress import RunProgress
+    from common.manifest import Manifest
     from common.status import StatusRecord
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Loaded:
 class DataVerdict:
     tokenizer: str | None  # offline: the staged dir lm_eval loads (online: decided later)
     check: TreeCheck | None  # offline: the bundles as found (and then loaded)
+    manifest: Manifest | None  # offline: manifest.json, read once
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,13 @@ class Prepared:
     tokenizer: str | None  # the dir (offline) or HF id (online) lm_eval loads
     endpoint: preflight.Endpoint
     check: TreeCheck | None  # offline: the bundles as found (and then loaded)
+    manifest: Manifest | None  # offline: manifest.json, read once
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    results: dict[str, Any]
+    tracker: EvaluationTracker  # holds the samples until publish saves them
 
 
 def _import_heavy() -> None:
@@ -105,7 +115,6 @@ class Run:
         self.offline = False
         self.events: Events | None = None
         self.results: JobResults | None = None
-        self.tracker: Any = None  # lm_eval's EvaluationTracker, from evaluate to publish
         self.files: list[Path] = []  # what publish wrote (results, samples)
 
     def _phase(self, name: str) -> None:
@@ -161,9 +170,9 @@ class Run:
         self._phase("loading_data")
         loaded = self.load(cfg, resolved, prepared)
         self._phase("running_evaluation")
-        results = self.evaluate(cfg, loaded)
+        evaluated = self.evaluate(cfg, loaded)
         self._phase("post_processing")
-        return self.publish(cfg, loaded.settings, results, time.monotonic() - start)
+        return self.publish(cfg, loaded.settings, evaluated, time.monotonic() - start)
 
     # --- prepare ------------------------------------------------------------------------
 
@@ -209,21 +218,21 @@ class Run:
         s, p = job.settings, job.params
         completions = p.model_type == "completions"
         if not self.offline:
-            return DataVerdict(None, None)
-        tokenizer = (
-            preflight.tokenizer_source(s.test_data, p.tokenizer, offline=True)
-            if completions
-            else None
-        )
+            return DataVerdict(None, None, None)
+        manifest = preflight.read_manifest(s.test_data)
+        tok_dir = tokenizer_dir(s.test_data, p.tokenizer, manifest)  # decided here only
+        tokenizer = str(tok_dir) if completions and tok_dir.is_dir() else None
         check = preflight.check_tree(
             s.test_data,
             list(job.tasks),
             resolved.plan,
-            tokenizer or p.tokenizer,
+            manifest,
             list(job.include_path),
+            tokenizer=p.tokenizer,
+            tok_dir=tok_dir,
             need_tokenizer=completions,
         )
-        return DataVerdict(tokenizer, check)
+        return DataVerdict(tokenizer, check, manifest)
 
     def preflight(self, cfg: RunConfig, data: DataVerdict) -> Prepared:
         """Online, the tokenizer (it may download); then the endpoint."""
@@ -252,7 +261,7 @@ class Run:
         finally:  # never exit with an import half done on another thread
             if importer.ident is not None:
                 importer.join()
-        return Prepared(tokenizer, endpoint, data.check)
+        return Prepared(tokenizer, endpoint, data.check, data.manifest)
 
     def load(self, cfg: RunConfig, resolved: Resolved, prepared: Prepared) -> Loaded:
         """Each bundle loaded once (then served to lm_eval through the seam), tasks built,
@@ -264,7 +273,11 @@ class Run:
         s, p = cfg.settings, cfg.params
         if prepared.check is not None:
             preflight.read_data(
-                s.test_data, list(cfg.tasks), prepared.check, list(cfg.include_path)
+                s.test_data,
+                list(cfg.tasks),
+                prepared.check,
+                prepared.manifest,
+                list(cfg.include_path),
             )
             seam.install(s.test_data, prepared.check.data)  # before any task module imports
         settings = model_settings(cfg, prepared)
@@ -281,7 +294,7 @@ class Run:
 
     # --- evaluate -----------------------------------------------------------------------
 
-    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> dict[str, Any]:
+    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> Evaluated:
         from lm_eval.loggers import EvaluationTracker
 
         from adapter import evaluate as ev
@@ -290,9 +303,9 @@ class Run:
         cache = loaded.settings.cache_file(s.request_cache_dir(p.cache_dir))
         log.info("request cache %s_rank0.db (a rerun resumes from it)", cache)
         s.output_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
+        tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
         limit = cfg.spec.num_examples if cfg.spec.num_examples is not None else p.limit
-        return ev.run(
+        results = ev.run(
             loaded.model,
             loaded.built,
             cache=cache,
@@ -308,21 +321,23 @@ class Run:
             log_samples=p.log_samples,
             bootstrap_iters=p.bootstrap_iters,
             allow_code=p.allow_code_execution,
-            tracker=self.tracker,
+            tracker=tracker,
         )
+        return Evaluated(results, tracker)
 
     # --- publish ------------------------------------------------------------------------
 
     def publish(
-        self, cfg: RunConfig, settings: ModelSettings, results: dict[str, Any], seconds: float
+        self, cfg: RunConfig, settings: ModelSettings, evaluated: Evaluated, seconds: float
     ) -> JobResults:
         from adapter import evaluate as ev
         from adapter.events import job_results, primary_definition
         from adapter.outputs import redact_files
         from common.evalhub_metrics import evalhub_metrics, primary_score
 
+        results = evaluated.results
         files = ev.save(
-            results, self.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
+            results, evaluated.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
         )
         redact_files(files)
         self.files = files

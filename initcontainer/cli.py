@@ -16,12 +16,12 @@ import sys
 import threading
 from pathlib import Path
 
+from common.engine import ENGINES
 from common.layout import DEFAULT_TEST_DATA
 from common.logs import setup_logging
 from common.s3settings import TEST_DATA_SECRET_DIR
-from common.storage import ENGINES
 from initcontainer.config import DEFAULT_WORKERS, SyncConfig, resolve_config
-from initcontainer.prefetch import Start, begin
+from initcontainer.start import Start, begin
 from initcontainer.state import status_path
 
 

@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.engine import Engine, check_engine
 from common.errors import ConfigError
 from common.layout import DEFAULT_TEST_DATA
 from common.s3settings import TEST_DATA_SECRET_DIR, S3Connection, resolve_connection
-from common.storage import ENGINES, Engine
+from common.storage import folder, s3_uri
 
 # EvalHub's default download timeout (service.test_data_ref.download_timeout).
 DEFAULT_TIMEOUT_S = 600.0
@@ -36,7 +37,7 @@ class SyncConfig:
 
     @property
     def source(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
+        return s3_uri(self.bucket, folder(self.prefix))
 
 
 def parse_duration(name: str, raw: str) -> float:
@@ -94,8 +95,6 @@ def resolve_config(
                 break
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers} is below 1", "pass --workers 1 or more")
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}", f"pick one of {', '.join(ENGINES)}")
     conn = resolve_connection(
         endpoint=endpoint,
         no_verify_ssl=no_verify_ssl,
@@ -110,5 +109,5 @@ def resolve_config(
         conn=conn,
         timeout_s=timeout_s,
         workers=workers or DEFAULT_WORKERS,
-        engine=engine,
+        engine=check_engine(engine),
     )

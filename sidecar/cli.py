@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from common.entry import run_guarded
-from common.errors import AirgapError, ConfigError, ExitCode
+from common.errors import AdapterDied, AirgapError, ConfigError
 from common.layout import STATE_DIR_NAME, STATUS_NAME, UPLOADED_MARKER
 from common.logs import setup_logging
 from common.status import StatusRecord, read_status
@@ -25,13 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UPLOAD_STATUS = "upload-status.json"  # the sidecar's own record, in the state dir
-
-
-class AdapterDied(AirgapError):
-    """Recorded in the adapter's status.json when the sidecar finds it dead."""
-
-    code = "ADAPTER_DIED"
-    exit_code = ExitCode.EVALUATION
 
 
 def _ids(cfg: UploadConfig, status: StatusRecord | None) -> tuple[str, str] | None:

@@ -31,6 +31,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from common.engine import open_storage
 from common.errors import (
     AirgapError,
     ConfigError,
@@ -52,7 +53,7 @@ from common.network import (
     run_bounded,
 )
 from common.s3settings import S3Connection, resolve_connection
-from common.storage import Copy, Deadline, folder, open_storage, parse_s3_uri
+from common.storage import Copy, Deadline, folder, parse_s3_uri
 from tasks.bundles import is_bundle
 from tasks.index import load_index, resolve_tasks, unknown_tasks_error
 from tasks.plan import BundleNeed, plan_tasks

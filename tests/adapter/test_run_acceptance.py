@@ -27,15 +27,18 @@ offline.apply(offline.detect(test_data), test_data, work, allow_code=False)
 egress.enable([])
 from adapter import evaluate, preflight, seam
 from tasks.index import load_index, resolve_tasks
+from tasks.datacheck import tokenizer_dir
 from tasks.plan import plan_tasks
 index = load_index()
 res = resolve_tasks(tasks, index)
 from common.errors import MissingDataError
 problems, loaded = [], {}
 try:
-    check = preflight.check_tree(test_data, tasks, plan_tasks(res, index), None, [],
+    manifest = preflight.read_manifest(test_data)
+    check = preflight.check_tree(test_data, tasks, plan_tasks(res, index), manifest, [],
+                                 tokenizer=None, tok_dir=tokenizer_dir(test_data, None, manifest),
                                  need_tokenizer=False)
-    preflight.read_data(test_data, tasks, check, [])
+    preflight.read_data(test_data, tasks, check, manifest, [])
     loaded = check.data
 except MissingDataError as e:
     problems = [e.message]
