@@ -78,6 +78,8 @@ class Sync:
         self.storage, self.deadline = start.storage, start.deadline
         self.state = SyncState.load(cfg.dest)
         self.lander = _Lander(self.state, result, start.hashes)
+        # manifest.json means a complete tree: it lands last, once everything it lists has
+        self._pending_manifest: tuple[Item, bytes] | None = None
 
     def run(self) -> None:
         cfg, storage = self.cfg, self.storage
@@ -145,6 +147,8 @@ class Sync:
                 self.start.manifest_found.set()
                 apply_manifest(plan, manifest, cfg.source)
             decide(plan, self.state)
+            if self._pending_manifest is not None:  # read already; it lands last
+                plan.fetch = [i for i in plan.fetch if i.rel != MANIFEST_NAME]
             self._confirm_present(plan)
             fetching = [*plan.fetch, *fetched]  # the manifest fetched first counts as fetched
             log.info(
@@ -158,9 +162,14 @@ class Sync:
                 self._fetch(plan, whole_folder=_mostly(fetching, plan.items))
             finally:
                 lander.progress.close()
+                lander.progress = None
                 lander.finish()
             for d in plan.dirs:
                 d.mkdir(parents=True, exist_ok=True)
+            if self._pending_manifest is not None:
+                item, body = self._pending_manifest
+                atomic_write(Path(item.path), body)
+                lander.placed(item, os.stat(item.path), None)
         finally:
             self.state.compact(keep={i.rel for i in plan.items})
         shutil.rmtree(partial_root(cfg.dest), ignore_errors=True)
@@ -195,7 +204,7 @@ class Sync:
         self, plan: SyncPlan, body: bytes | None
     ) -> tuple[Manifest | None, list[Item]]:
         """manifest.json first (unless ours is current): it decides what the rest must be.
-        Returns it and what was fetched for it ([] or its item)."""
+        Returns it and what was fetched for it ([] or its item); it is placed last."""
         item = plan.manifest_item
         if item is None:
             return None, []
@@ -217,9 +226,11 @@ class Sync:
                 _REWRITTEN_HINT,
             )
         manifest = self._load_manifest(body)  # a broken manifest never lands
-        # Written straight to its place, never through partial/: the copy may be writing there.
-        atomic_write(Path(item.path), body)
-        self.lander.placed(item, os.stat(item.path), None)
+        # It lands last (never through partial/: the copy may be writing there); an older one
+        # goes now, so a sync that fails half-way leaves no manifest.json claiming the tree.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(item.path)
+        self._pending_manifest = (item, body)
         return manifest, [item]
 
     def _load_manifest(self, body: bytes) -> Manifest:
