@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from evalhub.adapter import JobResults
     from lm_eval.loggers import EvaluationTracker
 
-    from adapter.evaluate import BuiltTasks, ModelSettings
     from adapter.events import Events, SdkAdapter
+    from adapter.harness import BuiltTasks, ModelSettings
     from adapter.outputs import StatusWriter
     from adapter.progress import RunProgress
     from common.manifest import Manifest
@@ -80,7 +80,9 @@ class DataVerdict:
 
 
 @dataclass(frozen=True)
-class Prepared:
+class Checked:
+    """What preflight found and decided (`prepare` returns the run's config instead)."""
+
     tokenizer: str | None  # the dir (offline) or HF id (online) lm_eval loads
     endpoint: preflight.Endpoint
     check: TreeCheck | None  # offline: the bundles as found (and then loaded)
@@ -100,7 +102,7 @@ def _import_heavy() -> None:
     with contextlib.suppress(Exception):
         from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
-        from adapter import evaluate  # noqa: F401
+        from adapter import harness  # noqa: F401
 
 
 def _not_run() -> JobResults:
@@ -166,9 +168,9 @@ class Run:
         """The body of the SDK's run_benchmark_job."""
         if self.events is not None:
             self.events.phase("initializing")  # status.json has said so since the start
-        prepared = self.preflight(cfg, data)
+        checked = self.preflight(cfg, data)
         self._phase("loading_data")
-        loaded = self.load(cfg, resolved, prepared)
+        loaded = self.load(cfg, resolved, checked)
         self._phase("running_evaluation")
         evaluated = self.evaluate(cfg, loaded)
         self._phase("post_processing")
@@ -234,7 +236,7 @@ class Run:
         )
         return DataVerdict(tokenizer, check, manifest)
 
-    def preflight(self, cfg: RunConfig, data: DataVerdict) -> Prepared:
+    def preflight(self, cfg: RunConfig, data: DataVerdict) -> Checked:
         """Online, the tokenizer (it may download); then the endpoint."""
         s, p = cfg.settings, cfg.params
         tokenizer = data.tokenizer
@@ -261,33 +263,32 @@ class Run:
         finally:  # never exit with an import half done on another thread
             if importer.ident is not None:
                 importer.join()
-        return Prepared(tokenizer, endpoint, data.check, data.manifest)
+        return Checked(tokenizer, endpoint, data.check, data.manifest)
 
-    def load(self, cfg: RunConfig, resolved: Resolved, prepared: Prepared) -> Loaded:
+    def load(self, cfg: RunConfig, resolved: Resolved, checked: Checked) -> Loaded:
         """Each bundle loaded once (then served to lm_eval through the seam), tasks built,
         the model (and with it the tokenizer, once) made."""
-        from adapter import evaluate as ev
-        from adapter import seam
+        from adapter import harness, seam
         from adapter.progress import RunProgress
 
         s, p = cfg.settings, cfg.params
-        if prepared.check is not None:
+        if checked.check is not None:
             preflight.read_data(
                 s.test_data,
                 list(cfg.tasks),
-                prepared.check,
-                prepared.manifest,
+                checked.check,
+                checked.manifest,
                 list(cfg.include_path),
             )
-            seam.install(s.test_data, prepared.check.data)  # before any task module imports
-        settings = model_settings(cfg, prepared)
+            seam.install(s.test_data, checked.check.data)  # before any task module imports
+        settings = model_settings(cfg, checked)
         metadata: dict[str, Any] = {
             "pretrained": cfg.spec.model.name,
-            "tokenizer": prepared.tokenizer,
+            "tokenizer": checked.tokenizer,
             "max_length": settings.max_length,
         } | (p.metadata or {})
-        built = ev.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
-        preflight.check_tasks(built.tasks, p.model_type, prepared.endpoint, p.allow_code_execution)
+        built = harness.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        preflight.check_tasks(built.tasks, p.model_type, checked.endpoint, p.allow_code_execution)
         progress = RunProgress(built.tasks)
         self.writer.progress = progress.snapshot
         return Loaded(settings, built, make_model(settings, progress), progress)
@@ -297,7 +298,7 @@ class Run:
     def evaluate(self, cfg: RunConfig, loaded: Loaded) -> Evaluated:
         from lm_eval.loggers import EvaluationTracker
 
-        from adapter import evaluate as ev
+        from adapter import harness
 
         s, p = cfg.settings, cfg.params
         cache = loaded.settings.cache_file(s.request_cache_dir(p.cache_dir))
@@ -305,7 +306,7 @@ class Run:
         s.output_dir.mkdir(parents=True, exist_ok=True)
         tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
         limit = cfg.spec.num_examples if cfg.spec.num_examples is not None else p.limit
-        results = ev.run(
+        results = harness.run(
             loaded.model,
             loaded.built,
             cache=cache,
@@ -330,13 +331,13 @@ class Run:
     def publish(
         self, cfg: RunConfig, settings: ModelSettings, evaluated: Evaluated, seconds: float
     ) -> JobResults:
-        from adapter import evaluate as ev
+        from adapter import harness
         from adapter.events import job_results, primary_definition
         from adapter.outputs import redact_files
         from common.evalhub_metrics import evalhub_metrics, primary_score
 
         results = evaluated.results
-        files = ev.save(
+        files = harness.save(
             results, evaluated.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
         )
         redact_files(files)
@@ -350,7 +351,7 @@ class Run:
             spec,
             metrics,
             self.status.primary_score,
-            ev.examples_evaluated(results),
+            harness.examples_evaluated(results),
             seconds,
             {
                 "results_files": [f.name for f in files],
@@ -359,18 +360,18 @@ class Run:
         )
 
 
-def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:
+def model_settings(cfg: RunConfig, checked: Checked) -> ModelSettings:
     """The lm_eval API model's settings, from the spec and what the endpoint advertises."""
-    from adapter import evaluate as ev
+    from adapter import harness
 
     p, model = cfg.params, cfg.spec.model
-    return ev.ModelSettings(
+    return harness.ModelSettings(
         name=model.name,
         url=endpoint_url(model.url, p.model_type),
         model_type=p.model_type,
-        tokenizer=prepared.tokenizer,
-        max_length=ev.resolve_max_length(
-            p.max_length, prepared.endpoint.max_model_len, p.model_type
+        tokenizer=checked.tokenizer,
+        max_length=harness.resolve_max_length(
+            p.max_length, checked.endpoint.max_model_len, p.model_type
         ),
         num_concurrent=p.num_concurrent and min(p.num_concurrent, MAX_CONCURRENT),
         # The env's ceiling beats the spec's, as every env setting does (an operator's guard
@@ -388,10 +389,10 @@ def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:
 
 def make_model(settings: ModelSettings, progress: RunProgress) -> Any:
     """The lm_eval model (it loads the tokenizer: the one load of it in a run)."""
-    from adapter import evaluate as ev
+    from adapter import harness
 
     try:
-        return ev.make_lm(settings, progress)
+        return harness.make_lm(settings, progress)
     except Exception as e:  # transformers raises OSError, ValueError, AttributeError, ...
         if settings.tokenizer is None:
             raise

@@ -24,7 +24,7 @@ from common.logs import Progress
 from common.manifest import Manifest, sha256_file
 from common.storage import S3Object, folder, s3_uri
 from initcontainer.config import SyncConfig
-from initcontainer.plan import Item, SyncPlan, apply_manifest, check_keys, decide
+from initcontainer.plan import SyncFile, SyncPlan, apply_manifest, check_keys, decide
 from initcontainer.start import INLINE_HASH_BYTES, HashPool, Start, begin
 from initcontainer.state import SyncState, partial_root
 
@@ -80,7 +80,7 @@ class Sync:
         self.state = SyncState.load(cfg.dest)
         self.lander = _Lander(self.state, result, start.hashes)
         # manifest.json means a complete tree: it lands last, once everything it lists has
-        self._pending_manifest: tuple[Item, bytes] | None = None
+        self._pending_manifest: tuple[SyncFile, bytes] | None = None
 
     def run(self) -> None:
         cfg, storage = self.cfg, self.storage
@@ -230,7 +230,7 @@ class Sync:
 
     def _place_manifest(
         self, plan: SyncPlan, body: bytes | None
-    ) -> tuple[Manifest | None, list[Item]]:
+    ) -> tuple[Manifest | None, list[SyncFile]]:
         """manifest.json first (unless ours is current): it decides what the rest must be.
         Returns it and what was fetched for it ([] or its item); it is placed last."""
         item = plan.manifest_item
@@ -305,7 +305,7 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB ({n} bytes)"
 
 
-def _mostly(items: list[Item], everything: list[Item]) -> bool:
+def _mostly(items: list[SyncFile], everything: list[SyncFile]) -> bool:
     """Copying the whole prefix wastes at most a tenth (files and bytes) of the work."""
     extra = len(everything) - len(items)
     extra_bytes = sum(i.size for i in everything) - sum(i.size for i in items)
@@ -324,7 +324,7 @@ class _Lander:
         self._lock = threading.Lock()
         self._made: set[str] = set()  # parent dirs known to exist
 
-    def land(self, item: Item, digest: str | Future[str] | None = None) -> None:
+    def land(self, item: SyncFile, digest: str | Future[str] | None = None) -> None:
         """`digest`: the file's sha256, or its hashing still running (hashed as it landed)."""
         if isinstance(digest, Future):
             if digest.done():
@@ -340,7 +340,7 @@ class _Lander:
         else:
             self._pending.append(self.hashes.submit(self.place, item))
 
-    def place(self, item: Item, digest: str | None = None) -> None:
+    def place(self, item: SyncFile, digest: str | None = None) -> None:
         st = os.stat(item.partial)
         problem = None
         if st.st_size != item.size:
@@ -359,7 +359,7 @@ class _Lander:
         os.replace(item.partial, item.path)
         self.placed(item, st, digest if item.sha256 else None)
 
-    def placed(self, item: Item, st: os.stat_result, digest: str | None) -> None:
+    def placed(self, item: SyncFile, st: os.stat_result, digest: str | None) -> None:
         """Journal and count a file now at its final path (`digest`: checked against the
         manifest)."""
         self.state.record(item.rel, st, item.etag, digest)

@@ -15,7 +15,7 @@ from common.errors import AdapterDied, AirgapError, ConfigError
 from common.layout import STATE_DIR_NAME, STATUS_NAME, UPLOADED_MARKER
 from common.logs import setup_logging
 from common.status import StatusRecord, read_status
-from sidecar.config import UploadConfig, build_parser, resolve, results_dir
+from sidecar.config import UploadConfig, parser, resolve_config, results_dir
 from sidecar.upload import Uploader
 from sidecar.watch import Outcome, StopFlag, observe, read_done
 
@@ -151,7 +151,7 @@ def _report_outcome(
 
 
 def upload(args: argparse.Namespace, record: StatusRecord) -> None:
-    cfg = resolve(args)
+    cfg = resolve_config(args)
     if not cfg.results_dir.is_dir():
         raise ConfigError(
             f"results dir {cfg.results_dir} does not exist",
@@ -221,7 +221,7 @@ def upload(args: argparse.Namespace, record: StatusRecord) -> None:
 
 
 def main(argv: list[str], prog: str = "airgap-eval upload") -> int:
-    args = build_parser(prog).parse_args(argv)
+    args = parser(prog).parse_args(argv)
     setup_logging(args.verbose)
     record = StatusRecord(component="upload")
     root = results_dir(args)

@@ -55,7 +55,7 @@ class UploadConfig:
     termination_log: Path
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
+def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Wait for the adapter, upload its results dir to S3 and report the job.",
@@ -157,7 +157,7 @@ def _model_secrets(env: Mapping[str, str]) -> list[str]:
     return found
 
 
-def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> UploadConfig:
+def resolve_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> UploadConfig:
     env = os.environ if env is None else env
     secret_dir = args.secret_dir or Path(env.get("RESULTS_SECRET_DIR") or RESULTS_SECRET_DIR)
     dest = args.dest or _lookup("RESULTS_S3_URI", env, secret_dir)

@@ -44,8 +44,8 @@ from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, STATE_DIR_NAME, TOKENIZE
 from common.logs import register_secret
 from common.manifest import FileEntry, Manifest, entries_for, iter_tree, mismatches
 from common.network import (
-    DEFAULT_TIMEOUT_S,
     PROBE_TIMEOUT_S,
+    STEP_TIMEOUT_S,
     StepTimeout,
     host_of,
     hub_endpoint,
@@ -601,7 +601,7 @@ def stage(
 
 
 def _fetch_nltk(package: str, out: Path, timeout: float | None) -> str:
-    save_nltk(package, out, timeout or DEFAULT_TIMEOUT_S)
+    save_nltk(package, out, timeout or STEP_TIMEOUT_S)
     return "staged"
 
 

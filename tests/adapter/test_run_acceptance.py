@@ -25,7 +25,7 @@ test_data, work = Path(sys.argv[1]), Path(sys.argv[2])
 tasks = json.loads(sys.argv[3])
 offline.apply(offline.detect(test_data), test_data, work, allow_code=False)
 egress.enable([])
-from adapter import evaluate, preflight, seam
+from adapter import harness, preflight, seam
 from tasks.index import load_index, resolve_tasks
 from tasks.datacheck import tokenizer_dir
 from tasks.plan import plan_tasks
@@ -43,7 +43,7 @@ try:
 except MissingDataError as e:
     problems = [e.message]
 seam.install(test_data, loaded)
-built = evaluate.build_tasks(tasks, res.folders, {})
+built = harness.build_tasks(tasks, res.folders, {})
 docs = {name: len(list(task.eval_docs)) for name, task in built.tasks.items()}
 print(json.dumps({"problems": problems, "docs": docs, "blocked": egress.blocked}))
 """

@@ -20,7 +20,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.model import hash_args
 
 from adapter import cli
-from adapter.config import parser, resolve
+from adapter.config import parser, resolve_config
 from adapter.progress import RunProgress
 from common.status import read_status
 from testbed.gpustub import Config, GpuStub
@@ -128,9 +128,9 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_the_default_dirs_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    settings = resolve(_args(), {})
+    settings = resolve_config(_args(), {})
     assert settings.defaulted == ("--output-dir", "--work-dir")
-    assert resolve(_args("--output-dir", "o"), {"AIRGAP_EVAL_WORK_DIR": "w"}).defaulted == ()
+    assert resolve_config(_args("--output-dir", "o"), {"AIRGAP_EVAL_WORK_DIR": "w"}).defaulted == ()
     settings = replace(settings, output_dir=tmp_path / "results")  # not the real /results
     fresh: dict[Path, Any] = {settings.output_dir: True, settings.work_dir: False}
     with caplog.at_level(logging.INFO):
