@@ -15,6 +15,7 @@ endpoint probe waits on the network.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -23,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapter import egress, offline, preflight
+from adapter import criteria, egress, offline, preflight
 from adapter.config import RunConfig, Settings, prepare_job, read_job
 from adapter.events import Events, SdkAdapter, job_results, primary_definition
 from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
+from common.atomic import atomic_write
 from common.errors import MissingDataError
-from common.evalhub_metrics import evalhub_metrics, primary_score
+from common.evalhub_metrics import Metrics, evalhub_metrics, primary_score
 from common.logs import register_secret
 from tasks.datacheck import TreeCheck, stage_command
 from tasks.index import (
@@ -43,7 +45,7 @@ from tasks.index import (
 from tasks.plan import TaskPlan, plan_tasks
 
 if TYPE_CHECKING:
-    from evalhub.adapter import JobResults
+    from evalhub.adapter import JobResults, JobSpec
 
     from adapter.evaluate import BuiltTasks, ModelSettings
     from adapter.outputs import StatusWriter
@@ -65,6 +67,13 @@ class Loaded:
     built: BuiltTasks
     model: Any  # the lm_eval API model
     progress: RunProgress
+
+
+@dataclass(frozen=True)
+class Repetition:
+    seed: int | None
+    results: dict[str, Any]
+    tracker: Any  # lm_eval's EvaluationTracker: writes this run's results and samples
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,6 @@ class Run:
         self.offline = False
         self.events: Events | None = None
         self.results: JobResults | None = None
-        self.tracker: Any = None  # lm_eval's EvaluationTracker, from evaluate to publish
 
     def _phase(self, name: str) -> None:
         self.writer.phase(name)
@@ -121,9 +129,9 @@ class Run:
         self._phase("loading_data")
         loaded = self.load(cfg, resolved, prepared)
         self._phase("running_evaluation")
-        results = self.evaluate(cfg, loaded)
+        runs = self.evaluate(cfg, loaded)
         self._phase("post_processing")
-        return self.publish(cfg, loaded.settings, results, time.monotonic() - start)
+        return self.publish(cfg, loaded.settings, runs, time.monotonic() - start)
 
     # --- prepare ------------------------------------------------------------------------
 
@@ -192,6 +200,8 @@ class Run:
                     [problem],
                     stage_command(names, s.test_data, p.tokenizer, list(cfg.include_path)),
                 )
+        if completions and p.apply_chat_template and tokenizer and Path(tokenizer).is_dir():
+            preflight.check_chat_template(Path(tokenizer), p.apply_chat_template)
         # The heavy imports run while the test request waits on the network.
         importer = threading.Thread(target=_import_heavy, name="heavy-imports", daemon=True)
         try:
@@ -237,64 +247,115 @@ class Run:
 
     # --- evaluate -----------------------------------------------------------------------
 
-    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> dict[str, Any]:
+    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> list[Repetition]:
+        """One lm_eval run per seed (`repetitions`), each with its own tracker and request
+        cache (a cached answer must not stand in for another seed's sample)."""
         from lm_eval.loggers import EvaluationTracker
 
         from adapter import evaluate as ev
 
         s, p = cfg.settings, cfg.params
         cache = loaded.settings.cache_file(s.request_cache_dir(p.cache_dir))
-        log.info("request cache %s_rank0.db (a rerun resumes from it)", cache)
         s.output_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
         limit = cfg.spec.num_examples if cfg.spec.num_examples is not None else p.limit
-        return ev.run(
-            loaded.model,
-            loaded.built,
-            cache=cache,
-            progress=loaded.progress,
-            limit=limit,
-            num_fewshot=p.num_fewshot,
-            seed=p.seed,
-            gen_kwargs=p.gen_kwargs,
-            # a chat endpoint takes messages: lm_eval builds them only with the template on
-            apply_chat_template=p.apply_chat_template or p.model_type == "chat",
-            fewshot_as_multiturn=p.fewshot_as_multiturn,
-            system_instruction=p.system_instruction,
-            log_samples=p.log_samples,
-            bootstrap_iters=p.bootstrap_iters,
-            allow_code=p.allow_code_execution,
-            tracker=self.tracker,
-        )
+        runs = []
+        run_seeds = criteria.seeds(p.seed, p.repetitions)
+        for i, seed in enumerate(run_seeds):
+            db = cache if len(run_seeds) == 1 else f"{cache}-seed{seed}"
+            log.info("request cache %s_rank0.db (a rerun resumes from it)", db)
+            if len(run_seeds) > 1:
+                log.info("repetition %d of %d: seed %s", i + 1, len(run_seeds), seed)
+            if seed is not None:
+                loaded.model._seed = seed  # lm_eval's API model: the sampling seed it sends
+            tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
+            results = ev.run(
+                loaded.model,
+                loaded.built,
+                cache=db,
+                progress=loaded.progress,
+                limit=limit,
+                num_fewshot=p.num_fewshot,
+                seed=seed,
+                gen_kwargs=p.gen_kwargs,
+                # a chat endpoint takes messages: lm_eval builds them only with the template on
+                apply_chat_template=p.apply_chat_template or p.model_type == "chat",
+                fewshot_as_multiturn=p.fewshot_as_multiturn,
+                system_instruction=p.system_instruction,
+                log_samples=p.log_samples,
+                bootstrap_iters=p.bootstrap_iters,
+                allow_code=p.allow_code_execution,
+                tracker=tracker,
+            )
+            runs.append(Repetition(seed, results, tracker))
+        return runs
 
     # --- publish ------------------------------------------------------------------------
 
     def publish(
-        self, cfg: RunConfig, settings: ModelSettings, results: dict[str, Any], seconds: float
+        self, cfg: RunConfig, settings: ModelSettings, runs: list[Repetition], seconds: float
     ) -> JobResults:
         from adapter import evaluate as ev
         from adapter.outputs import redact_files
 
-        files = ev.save(
-            results, self.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
-        )
-        redact_files(files)
-        spec = cfg.spec
-        metrics = evalhub_metrics(results, spec.benchmark_id, list(cfg.tasks))
+        spec, p = cfg.spec, cfg.params
+        per_run: list[tuple[int | None, Metrics, list[str]]] = []
+        files: list[Path] = []
+        for run in runs:
+            written = ev.save(
+                run.results, run.tracker, cfg.settings.output_dir, settings, p.log_samples
+            )
+            redact_files(written)
+            files += written
+            metrics = evalhub_metrics(run.results, spec.benchmark_id, list(cfg.tasks))
+            per_run.append((run.seed, metrics, [f.name for f in written]))
+        metrics = criteria.mean_metrics([m for _, m, _ in per_run])
         self.status.metrics = metrics
         definition = primary_definition(spec, self.events.callbacks) if self.events else None
         self.status.primary_score = primary_score(metrics, definition)
+        artifacts: dict[str, Any] = {}
+        if len(runs) > 1:
+            summary = criteria.repetitions_summary(per_run, metrics)
+            self.status.repetitions = artifacts["repetitions"] = summary
+            log.info(
+                "%d repetitions (seeds %s): EvalHub gets each metric's mean",
+                len(runs),
+                ", ".join(str(r.seed) for r in runs),
+            )
+        found = criteria.evaluate_criteria(
+            [r.results for r in runs],
+            _main_task(runs[0].results, spec, cfg.tasks),
+            metrics,
+            (p.secondary_metric, p.secondary_threshold),
+            (p.blocking_subtask, p.blocking_subtask_threshold),
+            definition,
+        )
+        if found:
+            self.status.criteria = artifacts["criteria"] = found
+            for item in found:
+                log.warning("%s", criteria.criteria_line(item))
+        if artifacts:
+            summary_file = cfg.settings.output_dir / "criteria.json"
+            atomic_write(summary_file, json.dumps(artifacts, indent=1))
+            files.append(summary_file)
         return job_results(
             spec,
             metrics,
             self.status.primary_score,
-            ev.examples_evaluated(results),
+            ev.examples_evaluated(runs[0].results),
             seconds,
             {
                 "results_files": [f.name for f in files],
-                "lm_eval_version": results.get("lm_eval_version") or _version("lm_eval"),
+                "lm_eval_version": runs[0].results.get("lm_eval_version") or _version("lm_eval"),
+                # the SDK sends these as the event's artifacts: EvalHub's job view shows them
+                **({"artifacts": artifacts} if artifacts else {}),
             },
         )
+
+
+def _main_task(results: dict[str, Any], spec: JobSpec, tasks: tuple[str, ...]) -> str:
+    """The lm_eval name standing for the benchmark (as common.evalhub_metrics picks it)."""
+    known = results.get("results", {}).keys() | (results.get("group_subtasks") or {}).keys()
+    return spec.benchmark_id if spec.benchmark_id in known else tasks[0]
 
 
 def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:

@@ -49,6 +49,10 @@ class StatusRecord(BaseModel):
     progress: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     primary_score: dict[str, Any] | None = None
+    # run: EvalHub collection keys (adapter/criteria.py): the runs and spread of
+    # `repetitions`, the secondary metric's and blocking subtask's values and pass/fail
+    repetitions: dict[str, Any] | None = None
+    criteria: list[dict[str, Any]] | None = None
     error: ErrorInfo | None = None
 
     def finish(self, error: AirgapError | None = None) -> StatusRecord:
