@@ -265,8 +265,9 @@ class Run:
             log.info("request cache %s_rank0.db (a rerun resumes from it)", db)
             if len(run_seeds) > 1:
                 log.info("repetition %d of %d: seed %s", i + 1, len(run_seeds), seed)
-            if seed is not None:
-                loaded.model._seed = seed  # lm_eval's API model: the sampling seed it sends
+                # and the sampling seed lm_eval's API model sends with generation requests (one
+                # run keeps its 1234, as plain lm_eval's --seed does)
+                loaded.model._seed = seed
             tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
             results = ev.run(
                 loaded.model,
@@ -312,27 +313,27 @@ class Run:
         self.status.metrics = metrics
         definition = primary_definition(spec, self.events.callbacks) if self.events else None
         self.status.primary_score = primary_score(metrics, definition)
-        artifacts: dict[str, Any] = {}
         if len(runs) > 1:
-            summary = criteria.repetitions_summary(per_run, metrics)
-            self.status.repetitions = artifacts["repetitions"] = summary
+            self.status.repetitions = criteria.repetitions_summary(per_run, metrics)
             log.info(
                 "%d repetitions (seeds %s): EvalHub gets each metric's mean",
                 len(runs),
                 ", ".join(str(r.seed) for r in runs),
             )
-        found = criteria.evaluate_criteria(
-            [r.results for r in runs],
-            _main_task(runs[0].results, spec, cfg.tasks),
-            metrics,
-            (p.secondary_metric, p.secondary_threshold),
-            (p.blocking_subtask, p.blocking_subtask_threshold),
-            definition,
+        self.status.criteria = (
+            criteria.evaluate_criteria(
+                [r.results for r in runs],
+                _main_task(runs[0].results, spec, cfg.tasks),
+                metrics,
+                (p.secondary_metric, p.secondary_threshold),
+                (p.blocking_subtask, p.blocking_subtask_threshold),
+                definition,
+            )
+            or None
         )
-        if found:
-            self.status.criteria = artifacts["criteria"] = found
-            for item in found:
-                log.warning("%s", criteria.criteria_line(item))
+        for item in self.status.criteria or []:
+            log.warning("%s", criteria.criteria_line(item))
+        artifacts = self.status.collection_artifacts()
         if artifacts:
             summary_file = cfg.settings.output_dir / "criteria.json"
             atomic_write(summary_file, json.dumps(artifacts, indent=1))

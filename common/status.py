@@ -55,6 +55,12 @@ class StatusRecord(BaseModel):
     criteria: list[dict[str, Any]] | None = None
     error: ErrorInfo | None = None
 
+    def collection_artifacts(self) -> dict[str, Any]:
+        """`repetitions` and `criteria` as the completed event's artifacts (EvalHub's job view
+        shows a benchmark's artifacts), from the adapter or the sidecar alike."""
+        found = {"repetitions": self.repetitions, "criteria": self.criteria}
+        return {k: v for k, v in found.items() if v}
+
     def finish(self, error: AirgapError | None = None) -> StatusRecord:
         self.finished_at = self.updated_at = _now()
         self.seconds = round((self.finished_at - self.started_at).total_seconds(), 3)
