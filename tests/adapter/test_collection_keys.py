@@ -174,3 +174,13 @@ def test_a_tokenizer_without_the_asked_template_fails_naming_its_dir(tmp_path: P
     check_chat_template(bare, True)
     with pytest.raises(MissingDataError, match="no chat template named 'rag'; it has: default"):
         check_chat_template(bare, "rag")
+
+
+def test_the_status_record_hands_repetitions_and_criteria_to_the_completed_event() -> None:
+    from common.status import StatusRecord
+
+    assert StatusRecord(component="run").collection_artifacts() == {}
+    item = {"kind": "secondary", "metric": "acc", "value": 0.5, "threshold": 0.7, "pass": False}
+    record = StatusRecord(component="run", criteria=[item])
+    restored = StatusRecord.model_validate_json(record.model_dump_json())  # the sidecar's read
+    assert restored.collection_artifacts() == {"criteria": [item]}
