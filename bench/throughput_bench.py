@@ -52,7 +52,8 @@ from typing import Any
 from testbed.gpustub import Config, GpuStub
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "benchmarks"
+# the real rows beside the checkout; a worktree elsewhere names them in AIRGAP_EVAL_BENCHMARKS
+SHARED = Path(os.environ.get("AIRGAP_EVAL_BENCHMARKS") or REPO.parent / "shared" / "benchmarks")
 TASKS = {"arc_easy": ("arc", "arc_easy.yaml"), "hellaswag": ("hellaswag", "hellaswag.yaml")}
 STORM_ABOVE = 12  # the storm stub's 429 threshold: requests in it (the adaptive start is 8)
 SLUGS = {"arc_easy": "allenai--ai2_arc--ARC-Easy", "hellaswag": "Rowan--hellaswag"}
