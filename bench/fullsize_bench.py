@@ -292,6 +292,7 @@ class Limits:
         """The cgroup dirs for one command (yields the files its pid goes into)."""
         made: list[Path] = []
         procs: list[Path] = []
+        name = f"fullsize-bench-{os.getpid()}-{name}"  # benches running side by side
         try:
             if self.kind == "v2":
                 d = self.base / name
