@@ -9,6 +9,7 @@ the `airgap-eval stage` command that fixes it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -173,6 +174,64 @@ def fail_on_problems(problems: list[str], fix: str) -> None:
             f"{len(problems)} item(s) the job needs are missing or unreadable:\n  - {listing}",
             f"on a connected machine: {fix}; then sync that tree to the cluster's storage",
         )
+
+
+# --- the chat template -------------------------------------------------------------------
+
+# Where transformers reads a tokenizer's chat templates from (tokenization_utils_base).
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
+
+
+def chat_template_names(tok_dir: Path) -> list[str]:
+    """The chat templates a tokenizer dir holds ("default" for its main one), read from the
+    files transformers loads them from: tokenizer_config.json's `chat_template` (a string, or
+    a list of {name, template}), chat_template.jinja, additional_chat_templates/*.jinja."""
+    names: list[str] = []
+    try:
+        config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(template, str) and template:
+        names.append("default")
+    elif isinstance(template, list):
+        names += [str(t.get("name")) for t in template if isinstance(t, dict) and t.get("name")]
+    if (tok_dir / CHAT_TEMPLATE_FILE).is_file():
+        names.append("default")
+    names += [f.stem for f in sorted((tok_dir / CHAT_TEMPLATE_DIR).glob("*.jinja"))]
+    return list(dict.fromkeys(names))
+
+
+def check_chat_template(tok_dir: Path, wanted: bool | str) -> None:
+    """With the completions endpoint lm_eval renders the chat with the tokenizer's template:
+    one must be staged (and the named one, when a name is asked for)."""
+    names = chat_template_names(tok_dir)
+    name = "default" if wanted is True else str(wanted)
+    if name in names:
+        return
+    if not names:
+        problem = (
+            f"the tokenizer {tok_dir} has no chat template (no `chat_template` in "
+            f"tokenizer_config.json, no {CHAT_TEMPLATE_FILE}), and parameters."
+            "apply_chat_template asks lm_eval to render prompts with it"
+        )
+    elif name == "default":
+        problem = (
+            f"the tokenizer {tok_dir} has only named chat templates ({', '.join(names)}) "
+            "and no default one"
+        )
+    else:
+        problem = (
+            f"the tokenizer {tok_dir} has no chat template named {name!r}; it has: "
+            f"{', '.join(names)}"
+        )
+    raise MissingDataError(
+        problem,
+        "stage the tokenizer of the chat model (its tokenizer_config.json or chat_template.jinja "
+        "carries the template), or set parameters.apply_chat_template to one of the names "
+        "above; or use parameters.model_type=chat, where the server applies its template",
+    )
 
 
 # --- the endpoint ----------------------------------------------------------------------
