@@ -1,5 +1,8 @@
-"""The request loop of our lm_eval API models: lm_eval's own `TemplateAPI` request path with
-its one async hook, `get_batched_requests`, overridden (no fork, no patch).
+"""The request loop of our lm_eval API models: a subclass of lm_eval's `TemplateAPI` models
+(lm_eval is not forked or patched) overriding five methods: `get_batched_requests` (the async
+request loop), `__init__` (concurrency and batching), `loglikelihood` and `tok_encode` (one
+batched tokenizer call), and `set_cache_hook`, which also switches off sqlitedict's autocommit
+and its private `_outer_stack` (a stack trace per write) on lm_eval's request cache.
 
 What it changes, and why:
 
