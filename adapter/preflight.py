@@ -26,6 +26,7 @@ from common.errors import (
 from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest
 from common.network import StepTimeout, hub_endpoint, run_bounded
+from tasks.code import install_hint
 from tasks.datacheck import (
     TOKENIZER_ITEM,
     Item,
@@ -187,6 +188,33 @@ def fail_on_problems(problems: list[str], fix: str) -> None:
             f"{len(problems)} item(s) the job needs are missing or unreadable:\n  - {listing}",
             f"on a connected machine: {fix}; then sync that tree to the cluster's storage",
         )
+
+
+def check_packages(missing: dict[str, list[str]]) -> None:
+    """The packages the tasks' Python code imports and this image lacks: one error, naming
+    each package, its tasks and what installs it (lm_eval's extra)."""
+    if not missing:
+        return
+    listed = "; ".join(
+        f"{pkg} (for {_names(tasks)}: {install_hint(pkg)})"
+        for pkg, tasks in sorted(missing.items())
+    )
+    raise ConfigError(
+        f"the tasks' code imports packages this image lacks: {listed}",
+        "run the airgap-eval adapter image (it carries lm-eval's ifeval and math extras), or "
+        "add those packages to this image",
+    )
+
+
+def import_failure(e: ImportError, tasks: list[str]) -> ConfigError:
+    """An import that failed while lm_eval built the tasks (what the static check cannot see:
+    a package present but broken, a version mismatch)."""
+    pkg = (e.name or "").split(".")[0]
+    fix = f"{install_hint(pkg)} into this image" if pkg else "fix the image's packages"
+    return ConfigError(
+        f"building tasks {_names(tasks)} failed on an import: {type(e).__name__}: {str(e)[:300]}",
+        f"{fix}, or run the airgap-eval adapter image",
+    )
 
 
 # --- the endpoint ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
 from common.errors import MissingDataError
 from common.evalhub_metrics import evalhub_metrics, primary_score
 from common.logs import register_secret
+from tasks.code import missing_packages
 from tasks.datacheck import TreeCheck, stage_command
 from tasks.index import (
     Resolution,
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 class Resolved:
     resolution: Resolution
     plan: TaskPlan
+    missing_packages: dict[str, list[str]]  # import name -> tasks whose code imports it
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ class Run:
         # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
         # goes by the manifest's record for them, the seam finds their bundle later.
         plan = plan_tasks(resolution, index, import_classes=False)
-        return Resolved(resolution, plan)
+        return Resolved(resolution, plan, missing_packages(resolution.leaves, index))
 
     # --- preflight ----------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class Run:
         s, p = cfg.settings, cfg.params
         names = list(cfg.tasks)
         completions = p.model_type == "completions"
+        preflight.check_packages(resolved.missing_packages)
         check: TreeCheck | None = None
         if self.offline:
             tokenizer = (
@@ -229,7 +232,10 @@ class Run:
             "tokenizer": prepared.tokenizer,
             "max_length": settings.max_length,
         } | (p.metadata or {})
-        built = ev.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        try:
+            built = ev.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        except ImportError as e:
+            raise preflight.import_failure(e, list(cfg.tasks)) from None
         preflight.check_tasks(built.tasks, p.model_type, prepared.endpoint, p.allow_code_execution)
         progress = RunProgress()
         self.writer.progress = progress.snapshot
