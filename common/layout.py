@@ -15,6 +15,7 @@ MANIFEST_NAME = "manifest.json"
 STATE_DIR_NAME = ".airgap-eval"
 BUNDLE_MARKER = "dataset_dict.json"
 TOKENIZER_DIR_NAME = "tokenizer"
+TASKS_DIR_NAME = "tasks"  # custom task YAML folders (stage --include-path DIR -> tasks/<DIR name>)
 NLTK_DIR_NAME = "nltk_data"  # staged nltk data: <test_data>/nltk_data/tokenizers/punkt_tab
 STATUS_NAME = "status.json"
 DONE_MARKER = "done"

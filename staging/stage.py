@@ -37,7 +37,13 @@ from common.errors import (
     NotFoundError,
     UnreachableError,
 )
-from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, STATE_DIR_NAME, TOKENIZER_DIR_NAME
+from common.layout import (
+    MANIFEST_NAME,
+    NLTK_DIR_NAME,
+    STATE_DIR_NAME,
+    TASKS_DIR_NAME,
+    TOKENIZER_DIR_NAME,
+)
 from common.logs import register_secret
 from common.manifest import FileEntry, Manifest, entries_for, iter_tree, mismatches
 from common.network import (
@@ -275,6 +281,19 @@ class StageResult:
     written: list[str]  # top-level dirs written this run
     skipped: list[str]  # already present and matching the manifest
     failures: list[AirgapError]
+
+
+def copy_task_folder(folder: Path, out: Path) -> Path:
+    """A custom task folder (YAMLs, utils) into the tree, where a job's
+    `parameters.include_path` names it: <test_data>/tasks/<folder name>."""
+    target = out / TASKS_DIR_NAME / folder.name
+    if folder.resolve() == target.resolve():
+        return target
+    tmp = _fresh_tmp(out, f"tasks-{folder.name}")
+    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _replace_dir(tmp, target)
+    return target
 
 
 def _load_previous(out: Path) -> Manifest | None:
@@ -553,6 +572,9 @@ def stage(
     failed_tasks = {t for t, slugs in plan.task_slugs.items() if not done_slugs.issuperset(slugs)}
     task_map = dict(previous.tasks) if previous else {}
     task_map |= {t: s for t, s in plan.task_slugs.items() if t not in failed_tasks}
+    for task_dir in include_path or []:
+        copy_task_folder(task_dir, out)
+        written.add(TASKS_DIR_NAME)
     metrics = set(previous.assets.get("evaluate", [])) if previous else set()
     manifest = _build_manifest(
         out,
