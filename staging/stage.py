@@ -31,6 +31,7 @@ from typing import Any
 
 from common.errors import (
     AirgapError,
+    AuthError,
     ConfigError,
     DeadlineError,
     MissingDataError,
@@ -103,10 +104,51 @@ def _fresh_tmp(out: Path, name: str) -> Path:
     return tmp
 
 
+class GatedError(AuthError):
+    """A gated Hub dataset the Hub would not serve (no HF_TOKEN, or one it refused)."""
+
+    def __init__(self, dataset_path: str, configs: list[str], tasks: list[str]) -> None:
+        self.dataset_path, self.configs, self.tasks = dataset_path, configs, tasks
+        from huggingface_hub import get_token
+
+        hub = hub_endpoint()
+        why = (
+            "the Hub refused HF_TOKEN for it (its terms not accepted by the token's user?)"
+            if get_token()
+            else "no HF_TOKEN is set"
+        )
+        configs_ = f" ({', '.join(configs)})" if configs else ""
+        users = f" for {', '.join(tasks[:3])}" + (" ..." if len(tasks) > 3 else "")
+        super().__init__(
+            f"dataset {dataset_path}{configs_}{users} is gated on the Hub and {why}",
+            f"accept its terms at {hub}/datasets/{dataset_path} while logged in, then set "
+            "HF_TOKEN to a read token of that account and rerun stage",
+        )
+
+
+def merge_gated(errors: list[AirgapError]) -> list[AirgapError]:
+    """One GatedError per dataset (gpqa's three configs share one terms page)."""
+    merged: dict[str, GatedError] = {}
+    out: list[AirgapError] = []
+    for e in errors:
+        if not isinstance(e, GatedError):
+            out.append(e)
+        elif e.dataset_path in merged:
+            first = merged[e.dataset_path]
+            joined = GatedError(e.dataset_path, first.configs + e.configs, first.tasks + e.tasks)
+            out[out.index(first)] = merged[e.dataset_path] = joined
+        else:
+            merged[e.dataset_path] = e
+            out.append(e)
+    return out
+
+
 def _load_error(e: Exception, b: BundleNeed) -> AirgapError:
     what = f"dataset {b.dataset_path!r}" + (f" ({b.dataset_name})" if b.dataset_name else "")
     used_by = f" for {', '.join(b.tasks[:3])}" + (" ..." if len(b.tasks) > 3 else "")
     name = type(e).__name__
+    if name == "DatasetNotFoundError" and "gated dataset" in str(e):
+        return GatedError(b.dataset_path, [b.dataset_name] if b.dataset_name else [], b.tasks)
     if name in ("DatasetNotFoundError", "FileNotFoundError", "EmptyDatasetError"):
         return NotFoundError(
             f"{what}{used_by} not found: {e}",
@@ -588,7 +630,7 @@ def stage(
     shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
     manifest.dump(out / MANIFEST_NAME)  # last: its presence means the tree is complete
     network = net.error()
-    failures = ([network] if network else []) + net.errors + failures
+    failures = ([network] if network else []) + merge_gated(net.errors) + failures
     result = StageResult(out, manifest, sorted(written), skipped, failures)
     if failures:
         first = failures[0]
