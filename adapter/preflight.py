@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapter.metrics import staged_metric
 from common.errors import (
     AuthError,
     ConfigError,
@@ -66,10 +67,11 @@ def asset_problems(test_data: Path, plan: TaskPlan) -> list[str]:
                 f"missing nltk data {test_data / NLTK_DIR_NAME}/*/{pkg} (for {_names(needers)})"
             )
     for metric, needers in sorted(plan.evaluate.items()):
-        problems.append(
-            f"task {_names(needers)} loads the metric module {metric!r} from the Hugging "
-            "Face Hub at run time, which an offline run cannot do"
-        )
+        if not staged_metric(test_data, metric).is_file():
+            problems.append(
+                f"missing metric module {staged_metric(test_data, metric)} "
+                f"(evaluate.load({metric!r}) for {_names(needers)})"
+            )
     return problems
 
 
@@ -387,7 +389,14 @@ def check_tasks(
             "endpoint's completions answer carries none",
             "serve the model with a server that returns echo logprobs (vLLM, TGI, SGLang)",
         )
-    unsafe = sorted(n for n, t in tasks.items() if getattr(t, "UNSAFE_CODE", False))
+    refuse_unsafe(
+        sorted(n for n, t in tasks.items() if getattr(t, "UNSAFE_CODE", False)), allow_code
+    )
+
+
+def refuse_unsafe(unsafe: list[str], allow_code: bool) -> None:
+    """Tasks that execute model-written code (humaneval, mbpp: `unsafe_code: true`) run only
+    where the job allows it."""
     if unsafe and not allow_code:
         raise ConfigError(
             f"tasks {', '.join(unsafe)} execute model-written code",

@@ -30,7 +30,7 @@ from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
 from common.errors import MissingDataError
 from common.evalhub_metrics import evalhub_metrics, primary_score
 from common.logs import register_secret
-from tasks.code import missing_packages
+from tasks.code import missing_packages, unsafe_tasks
 from tasks.datacheck import TreeCheck, stage_command
 from tasks.index import (
     Resolution,
@@ -59,6 +59,7 @@ class Resolved:
     resolution: Resolution
     plan: TaskPlan
     missing_packages: dict[str, list[str]]  # import name -> tasks whose code imports it
+    unsafe: list[str]  # tasks that execute model-written code
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,12 @@ class Run:
         # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
         # goes by the manifest's record for them, the seam finds their bundle later.
         plan = plan_tasks(resolution, index, import_classes=False)
-        return Resolved(resolution, plan, missing_packages(resolution.leaves, index))
+        return Resolved(
+            resolution,
+            plan,
+            missing_packages(resolution.leaves, index),
+            unsafe_tasks(resolution.leaves, index),
+        )
 
     # --- preflight ----------------------------------------------------------------------
 
@@ -170,6 +176,7 @@ class Run:
         s, p = cfg.settings, cfg.params
         names = list(cfg.tasks)
         completions = p.model_type == "completions"
+        preflight.refuse_unsafe(resolved.unsafe, p.allow_code_execution)
         preflight.check_packages(resolved.missing_packages)
         check: TreeCheck | None = None
         if self.offline:
@@ -218,6 +225,7 @@ class Run:
         the model (and with it the tokenizer, once) made."""
         from adapter import evaluate as ev
         from adapter import seam
+        from adapter.metrics import install_metrics
         from adapter.progress import RunProgress
 
         s, p = cfg.settings, cfg.params
@@ -226,6 +234,8 @@ class Run:
                 s.test_data, list(cfg.tasks), prepared.check, list(cfg.include_path)
             )
             seam.install(s.test_data, prepared.check.data)  # before any task module imports
+            # before the task modules import: humaneval's loads code_eval at import
+            install_metrics(s.test_data, Path(os.environ["HF_MODULES_CACHE"]))
         settings = model_settings(cfg, prepared)
         metadata: dict[str, Any] = {
             "pretrained": cfg.spec.model.name,

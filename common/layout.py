@@ -16,6 +16,7 @@ STATE_DIR_NAME = ".airgap-eval"
 BUNDLE_MARKER = "dataset_dict.json"
 TOKENIZER_DIR_NAME = "tokenizer"
 TASKS_DIR_NAME = "tasks"  # custom task YAML folders (stage --include-path DIR -> tasks/<DIR name>)
+EVALUATE_DIR_NAME = "evaluate"  # metric modules evaluate.load fetches: evaluate/<name>/<name>.py
 NLTK_DIR_NAME = "nltk_data"  # staged nltk data: <test_data>/nltk_data/tokenizers/punkt_tab
 STATUS_NAME = "status.json"
 DONE_MARKER = "done"

@@ -39,6 +39,7 @@ from common.errors import (
     UnreachableError,
 )
 from common.layout import (
+    EVALUATE_DIR_NAME,
     MANIFEST_NAME,
     NLTK_DIR_NAME,
     STATE_DIR_NAME,
@@ -338,6 +339,37 @@ def copy_task_folder(folder: Path, out: Path) -> Path:
     return target
 
 
+def save_metric(name: str, out: Path) -> None:
+    """A metric module `evaluate.load(name)` fetches (the Hub's evaluate-metric/<name> space:
+    the script and the files it imports), fetched by evaluate itself, then copied to
+    <out>/evaluate/<name>/, where `run` finds it offline."""
+    from evaluate.loading import evaluation_module_factory, init_dynamic_modules
+
+    module = evaluation_module_factory(name, module_type="metric")
+    namespace = name.replace("/", "--") if "/" in name else f"evaluate-metric--{name}"
+    src = Path(init_dynamic_modules()) / "metrics" / namespace / module.hash
+    tmp = _fresh_tmp(out, f"metric-{namespace}")
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
+    target = out / EVALUATE_DIR_NAME / name.rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _replace_dir(tmp, target)
+
+
+def _fetch_metric(name: str, out: Path, timeout: float | None) -> str:
+    try:
+        run_bounded(lambda: save_metric(name, out), timeout or DEFAULT_TIMEOUT_S)
+    except (AirgapError, StepTimeout):
+        raise
+    except Exception as e:  # evaluate raises FileNotFoundError, ConnectionError, HTTPError...
+        if _caused_by_network(e) or isinstance(e, ConnectionError):
+            raise UnreachableError(f"{type(e).__name__}: {_short(e)}") from e
+        raise NotFoundError(
+            f"metric module {name!r}: {type(e).__name__}: {_short(e)}",
+            "check the metric name the task's code passes to evaluate.load",
+        ) from e
+    return "staged"
+
+
 def _load_previous(out: Path) -> Manifest | None:
     path = out / MANIFEST_NAME
     if not path.is_file():
@@ -572,9 +604,15 @@ def stage(
         for pkg, users in sorted(plan.nltk.items())
         if not (pkg in staged_nltk and any((out / NLTK_DIR_NAME).glob(f"*/{pkg}")))
     ]
-    net = Fetcher(network_timeout, len(todo) + int(tok_todo) + len(nltk_todo))
+    metrics_todo = [
+        (name, users)
+        for name, users in sorted(plan.evaluate.items())
+        if not (previous and name in previous.assets.get("evaluate", []))
+        or not (out / EVALUATE_DIR_NAME / name / f"{name}.py").is_file()
+    ]
+    net = Fetcher(network_timeout, len(todo) + int(tok_todo) + len(nltk_todo) + len(metrics_todo))
     tok_from_hub = tok_todo and not Path(tokenizer).is_dir()
-    net.check_hub(tok_from_hub or any(is_hub_dataset(b) for b in todo))
+    net.check_hub(tok_from_hub or bool(metrics_todo) or any(is_hub_dataset(b) for b in todo))
     if skipped:
         log.info("unchanged since the last run, kept: %s", ", ".join(skipped))
 
@@ -605,11 +643,12 @@ def stage(
         if net.fetch("nltk data", pkg, users, f"nltk's downloads ({NLTK_HOST})", fn):
             staged_nltk.add(pkg)
             written.add(NLTK_DIR_NAME)
-    if plan.evaluate:
-        log.warning(
-            "tasks load metric modules from the Hub at run time (not staged): %s",
-            "; ".join(f"{m} ({', '.join(u[:3])})" for m, u in sorted(plan.evaluate.items())),
-        )
+    staged_metrics = set(previous.assets.get("evaluate", [])) if previous else set()
+    for metric, users in metrics_todo:
+        fn = partial(_fetch_metric, metric, out, network_timeout)
+        if net.fetch("metric module", metric, users, net.hub_source, fn):
+            staged_metrics.add(metric)
+            written.add(EVALUATE_DIR_NAME)
 
     failed_tasks = {t for t, slugs in plan.task_slugs.items() if not done_slugs.issuperset(slugs)}
     task_map = dict(previous.tasks) if previous else {}
@@ -617,7 +656,6 @@ def stage(
     for task_dir in include_path or []:
         copy_task_folder(task_dir, out)
         written.add(TASKS_DIR_NAME)
-    metrics = set(previous.assets.get("evaluate", [])) if previous else set()
     manifest = _build_manifest(
         out,
         previous,
@@ -625,7 +663,7 @@ def stage(
         versions=library_versions(),
         tasks=dict(sorted(task_map.items())),
         tokenizer=staged_tokenizer,
-        assets={"nltk": sorted(staged_nltk), "evaluate": sorted(metrics | set(plan.evaluate))},
+        assets={"nltk": sorted(staged_nltk), "evaluate": sorted(staged_metrics)},
     )
     shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
     manifest.dump(out / MANIFEST_NAME)  # last: its presence means the tree is complete

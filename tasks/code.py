@@ -184,3 +184,8 @@ def missing_packages(leaves: list[LeafTask], index: dict[str, Any]) -> dict[str,
             needers = {t for f in files for t in entries[f]}
             missing[package] = sorted(needers)
     return missing
+
+
+def unsafe_tasks(leaves: list[LeafTask], index: dict[str, Any]) -> list[str]:
+    """Leaves whose YAML sets `unsafe_code: true` (they execute model-written code)."""
+    return sorted(leaf.name for leaf in leaves if leaf_config(leaf, index).get("unsafe_code"))

@@ -143,6 +143,12 @@ def plan_tasks(
     for leaf in resolution.leaves:
         rec = index["entries"].get(leaf.name) or {}
         path, name, data_files = leaf.dataset_path, leaf.dataset_name, leaf.data_files
+        if rec.get("yaml"):  # also for Python-class tasks: squadv2's class loads squad_v2
+            nltk, metrics = _folder_assets(Path(rec["yaml"]).parent)
+            for pkg in nltk:
+                plan.nltk.setdefault(pkg, []).append(leaf.name)
+            for metric in metrics:
+                plan.evaluate.setdefault(metric, []).append(leaf.name)
         if leaf.python_class:
             if not import_classes:
                 plan.classes.append(leaf.name)
@@ -168,10 +174,4 @@ def plan_tasks(
         if not leaf.python_class:  # a class's splits live in its code
             bundle.splits.update(required_splits(cfg))
         plan.task_slugs[leaf.name] = [s]
-        if rec.get("yaml"):
-            nltk, metrics = _folder_assets(Path(rec["yaml"]).parent)
-            for pkg in nltk:
-                plan.nltk.setdefault(pkg, []).append(leaf.name)
-            for metric in metrics:
-                plan.evaluate.setdefault(metric, []).append(leaf.name)
     return plan
