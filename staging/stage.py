@@ -326,17 +326,26 @@ class StageResult:
     failures: list[AirgapError]
 
 
-def copy_task_folder(folder: Path, out: Path) -> Path:
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+def copy_task_folder(folder: Path, out: Path) -> bool:
     """A custom task folder (YAMLs, utils) into the tree, where a job's
-    `parameters.include_path` names it: <test_data>/tasks/<folder name>."""
+    `parameters.include_path` names it: <test_data>/tasks/<folder name>. False when the tree
+    already holds the same files."""
     target = out / TASKS_DIR_NAME / folder.name
-    if folder.resolve() == target.resolve():
-        return target
+    if target.is_dir() and _files(target) == _files(folder):
+        return False
     tmp = _fresh_tmp(out, f"tasks-{folder.name}")
     shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     target.parent.mkdir(parents=True, exist_ok=True)
     _replace_dir(tmp, target)
-    return target
+    return True
 
 
 def save_metric(name: str, out: Path) -> None:
@@ -654,8 +663,8 @@ def stage(
     task_map = dict(previous.tasks) if previous else {}
     task_map |= {t: s for t, s in plan.task_slugs.items() if t not in failed_tasks}
     for task_dir in include_path or []:
-        copy_task_folder(task_dir, out)
-        written.add(TASKS_DIR_NAME)
+        if copy_task_folder(task_dir, out):
+            written.add(TASKS_DIR_NAME)
     manifest = _build_manifest(
         out,
         previous,
