@@ -65,9 +65,11 @@ test: lint pytest
 
 # The bench/ scripts in the venv, each printing ratios against a baseline it measures in the
 # same run (README, "Development"); each starts its own SeaweedFS, startup_bench a vLLM.
-BENCHES ?= sync upload verify startup throughput
+# The machine's load average is printed before and after each: rerun a noisy one.
+BENCHES ?= sync upload verify startup throughput fullsize
 bench: setup setup-vllm
 	@set -e; for b in $(BENCHES); do \
-		echo "==> bench/$${b}_bench.py"; \
+		echo "==> bench/$${b}_bench.py (load average: $$(cut -d' ' -f1-3 /proc/loadavg))"; \
 		PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/$${b}_bench.py; \
+		echo "    (load average after: $$(cut -d' ' -f1-3 /proc/loadavg))"; \
 	done
