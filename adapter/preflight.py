@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapter.metrics import staged_metric
 from common.errors import (
     AuthError,
     ConfigError,
@@ -27,6 +28,7 @@ from common.errors import (
 from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest
 from common.network import PROBE_TIMEOUT_S, StepTimeout, hub_endpoint, run_bounded
+from tasks.code import install_hint
 from tasks.datacheck import (
     TOKENIZER_ITEM,
     Item,
@@ -66,10 +68,11 @@ def asset_problems(test_data: Path, plan: TaskPlan) -> list[str]:
                 f"missing nltk data {test_data / NLTK_DIR_NAME}/*/{pkg} (for {_names(needers)})"
             )
     for metric, needers in sorted(plan.evaluate.items()):
-        problems.append(
-            f"task {_names(needers)} loads the metric module {metric!r} from the Hugging "
-            "Face Hub at run time, which an offline run cannot do"
-        )
+        if not staged_metric(test_data, metric).is_file():
+            problems.append(
+                f"missing metric module {staged_metric(test_data, metric)} "
+                f"(evaluate.load({metric!r}) for {_names(needers)})"
+            )
     return problems
 
 
@@ -231,6 +234,33 @@ def check_chat_template(tok_dir: Path, wanted: bool | str) -> None:
         "stage the tokenizer of the chat model (its tokenizer_config.json or chat_template.jinja "
         "carries the template), or set parameters.apply_chat_template to one of the names "
         "above; or use parameters.model_type=chat, where the server applies its template",
+    )
+
+
+def check_packages(missing: dict[str, list[str]]) -> None:
+    """The packages the tasks' Python code imports and this image lacks: one error, naming
+    each package, its tasks and what installs it (lm_eval's extra)."""
+    if not missing:
+        return
+    listed = "; ".join(
+        f"{pkg} (for {_names(tasks)}: {install_hint(pkg)})"
+        for pkg, tasks in sorted(missing.items())
+    )
+    raise ConfigError(
+        f"the tasks' code imports packages this image lacks: {listed}",
+        "run the airgap-eval adapter image (it carries lm-eval's ifeval and math extras), or "
+        "add those packages to this image",
+    )
+
+
+def import_failure(e: ImportError, tasks: list[str]) -> ConfigError:
+    """An import that failed while lm_eval built the tasks (what the static check cannot see:
+    a package present but broken, a version mismatch)."""
+    pkg = (e.name or "").split(".")[0]
+    fix = f"{install_hint(pkg)} into this image" if pkg else "fix the image's packages"
+    return ConfigError(
+        f"building tasks {_names(tasks)} failed on an import: {type(e).__name__}: {str(e)[:300]}",
+        f"{fix}, or run the airgap-eval adapter image",
     )
 
 
@@ -404,7 +434,14 @@ def check_tasks(
             "endpoint's completions answer carries none",
             "serve the model with a server that returns echo logprobs (vLLM, TGI, SGLang)",
         )
-    unsafe = sorted(n for n, t in tasks.items() if getattr(t, "UNSAFE_CODE", False))
+    refuse_unsafe(
+        sorted(n for n, t in tasks.items() if getattr(t, "UNSAFE_CODE", False)), allow_code
+    )
+
+
+def refuse_unsafe(unsafe: list[str], allow_code: bool) -> None:
+    """Tasks that execute model-written code (humaneval, mbpp: `unsafe_code: true`) run only
+    where the job allows it."""
     if unsafe and not allow_code:
         raise ConfigError(
             f"tasks {', '.join(unsafe)} execute model-written code",

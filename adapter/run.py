@@ -32,6 +32,7 @@ from common.atomic import atomic_write
 from common.errors import MissingDataError
 from common.evalhub_metrics import Metrics, evalhub_metrics, primary_score
 from common.logs import register_secret
+from tasks.code import missing_packages, unsafe_tasks
 from tasks.datacheck import TreeCheck, stage_command, tokenizer_dir
 from tasks.index import (
     Resolution,
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 class Resolved:
     resolution: Resolution
     plan: TaskPlan
+    missing_packages: dict[str, list[str]]  # import name -> tasks whose code imports it
+    unsafe: list[str]  # tasks that execute model-written code
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,12 @@ class Run:
         # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
         # goes by the manifest's record for them, the seam finds their bundle later.
         plan = plan_tasks(resolution, index, import_classes=False)
-        return Resolved(resolution, plan)
+        return Resolved(
+            resolution,
+            plan,
+            missing_packages(resolution.leaves, index),
+            unsafe_tasks(resolution.leaves, index),
+        )
 
     # --- preflight ----------------------------------------------------------------------
 
@@ -183,6 +191,8 @@ class Run:
         s, p = cfg.settings, cfg.params
         names = list(cfg.tasks)
         completions = p.model_type == "completions"
+        preflight.refuse_unsafe(resolved.unsafe, p.allow_code_execution)
+        preflight.check_packages(resolved.missing_packages)
         check: TreeCheck | None = None
         manifest: Manifest | None = None
         if self.offline:
@@ -232,6 +242,7 @@ class Run:
         """Each bundle loaded once (then served to lm_eval through the seam), tasks built,
         the model (and with it the tokenizer, once) made."""
         from adapter import harness, seam
+        from adapter.metrics import install_metrics
         from adapter.progress import RunProgress
 
         s, p = cfg.settings, cfg.params
@@ -244,13 +255,18 @@ class Run:
                 list(cfg.include_path),
             )
             seam.install(s.test_data, checked.check.data)  # before any task module imports
+            # before the task modules import: humaneval's loads code_eval at import
+            install_metrics(s.test_data, Path(os.environ["HF_MODULES_CACHE"]))
         settings = model_settings(cfg, checked)
         metadata: dict[str, Any] = {
             "pretrained": cfg.spec.model.name,
             "tokenizer": checked.tokenizer,
             "max_length": settings.max_length,
         } | (p.metadata or {})
-        built = harness.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        try:
+            built = harness.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        except ImportError as e:
+            raise preflight.import_failure(e, list(cfg.tasks)) from None
         preflight.check_tasks(built.tasks, p.model_type, checked.endpoint, p.allow_code_execution)
         progress = RunProgress()
         self.writer.progress = progress.snapshot
