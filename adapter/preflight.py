@@ -179,6 +179,33 @@ def fail_on_problems(problems: list[str], fix: str) -> None:
         )
 
 
+def check_packages(missing: dict[str, list[str]]) -> None:
+    """The packages the tasks' Python code imports and this image lacks: one error, naming
+    each package, its tasks and what installs it (lm_eval's extra)."""
+    if not missing:
+        return
+    listed = "; ".join(
+        f"{pkg} (for {_names(tasks)}: {install_hint(pkg)})"
+        for pkg, tasks in sorted(missing.items())
+    )
+    raise ConfigError(
+        f"the tasks' code imports packages this image lacks: {listed}",
+        "run the airgap-eval adapter image (it carries lm-eval's ifeval and math extras), or "
+        "add those packages to this image",
+    )
+
+
+def import_failure(e: ImportError, tasks: list[str]) -> ConfigError:
+    """An import that failed while lm_eval built the tasks (what the static check cannot see:
+    a package present but broken, a version mismatch)."""
+    pkg = (e.name or "").split(".")[0]
+    fix = f"{install_hint(pkg)} into this image" if pkg else "fix the image's packages"
+    return ConfigError(
+        f"building tasks {_names(tasks)} failed on an import: {type(e).__name__}: {str(e)[:300]}",
+        f"{fix}, or run the airgap-eval adapter image",
+    )
+
+
 # --- the chat template -------------------------------------------------------------------
 
 # Where transformers reads a tokenizer's chat templates from (tokenization_utils_base).
@@ -234,33 +261,6 @@ def check_chat_template(tok_dir: Path, wanted: bool | str) -> None:
         "stage the tokenizer of the chat model (its tokenizer_config.json or chat_template.jinja "
         "carries the template), or set parameters.apply_chat_template to one of the names "
         "above; or use parameters.model_type=chat, where the server applies its template",
-    )
-
-
-def check_packages(missing: dict[str, list[str]]) -> None:
-    """The packages the tasks' Python code imports and this image lacks: one error, naming
-    each package, its tasks and what installs it (lm_eval's extra)."""
-    if not missing:
-        return
-    listed = "; ".join(
-        f"{pkg} (for {_names(tasks)}: {install_hint(pkg)})"
-        for pkg, tasks in sorted(missing.items())
-    )
-    raise ConfigError(
-        f"the tasks' code imports packages this image lacks: {listed}",
-        "run the airgap-eval adapter image (it carries lm-eval's ifeval and math extras), or "
-        "add those packages to this image",
-    )
-
-
-def import_failure(e: ImportError, tasks: list[str]) -> ConfigError:
-    """An import that failed while lm_eval built the tasks (what the static check cannot see:
-    a package present but broken, a version mismatch)."""
-    pkg = (e.name or "").split(".")[0]
-    fix = f"{install_hint(pkg)} into this image" if pkg else "fix the image's packages"
-    return ConfigError(
-        f"building tasks {_names(tasks)} failed on an import: {type(e).__name__}: {str(e)[:300]}",
-        f"{fix}, or run the airgap-eval adapter image",
     )
 
 

@@ -1,9 +1,11 @@
 """One `airgap-eval run` job as named steps over one frozen `RunConfig`:
 
-    prepare    spec + parameters + API key, resolved once; offline env before any HF import
+    prepare    spec + parameters + API key, resolved once
+    isolate    offline or online; the HF env before any HF import; the egress guard
     resolve    task names -> leaf tasks, config folders, bundles (once, from the task index)
-    preflight  fast verdict (tree, tokenizer files, assets, endpoint: no heavy import yet),
-               then each bundle loaded once, the tasks built, task/endpoint compatibility
+    preflight  fast verdict (manifest read once, tree, tokenizer files, assets, endpoint: no
+               heavy import yet)
+    load       each bundle loaded once, the tasks built, task/endpoint compatibility, the model
     evaluate   lm_eval's simple_evaluate against the endpoint (request cache on)
     publish    results + samples (redacted), metrics, the SDK's JobResults
 
