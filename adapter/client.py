@@ -65,7 +65,7 @@ def retry_after(value: str | None) -> float | None:
 
 class AdaptiveRequests:
     """Mixed in front of lm_eval's LocalCompletionsAPI / LocalChatCompletion (see
-    adapter.evaluate). `num_concurrent=None` means adaptive, `batch_size=None` automatic."""
+    adapter.harness). `num_concurrent=None` means adaptive, `batch_size=None` automatic."""
 
     _limit: Limit
     _auto_batch: int

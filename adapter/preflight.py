@@ -25,7 +25,7 @@ from common.errors import (
 )
 from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest
-from common.network import StepTimeout, hub_endpoint, run_bounded
+from common.network import PROBE_TIMEOUT_S, StepTimeout, hub_endpoint, run_bounded
 from tasks.datacheck import (
     TOKENIZER_ITEM,
     Item,
@@ -33,7 +33,6 @@ from tasks.datacheck import (
     find_bundles,
     read_bundles,
     stage_command,
-    tokenizer_dir,
     tokenizer_item,
     tokenizer_load_error,
 )
@@ -41,11 +40,12 @@ from tasks.plan import TaskPlan
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 10.0
 LOGLIKELIHOOD_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
 
 
-def _manifest(test_data: Path) -> Manifest | None:
+def read_manifest(test_data: Path) -> Manifest | None:
+    """manifest.json, read once per run (None when absent or unreadable: the checks then go
+    by the tree itself)."""
     try:
         return Manifest.load(test_data / MANIFEST_NAME)
     except (OSError, ValueError):
@@ -96,33 +96,37 @@ def check_tree(
     test_data: Path,
     tasks: list[str],
     plan: TaskPlan,
-    tokenizer: str | None,
+    manifest: Manifest | None,
     include_path: list[Path],
     *,
+    tokenizer: str | None,
+    tok_dir: Path,
     need_tokenizer: bool,
 ) -> TreeCheck:
     """The fast half (no heavy import, no data read): every bundle dir, the tokenizer's files
-    and the assets are there; else ONE MissingDataError listing all, with the fix."""
-    manifest = _manifest(test_data)
+    (`tokenizer`: the name asked for; `tok_dir`: where `tokenizer_dir` puts it) and the
+    assets are there; else ONE MissingDataError listing all, with the fix."""
     check = find_bundles(test_data, plan, manifest)
     bad = list(check.problems)
-    tok_dir = tokenizer_dir(test_data, tokenizer, manifest)
     if tokenizer or tok_dir.is_dir() or (manifest and manifest.tokenizer):
         item = tokenizer_item(tok_dir, manifest, load=False)
         bad += [item] if item.status != "ok" else []
     problems = _problem_lines(test_data, bad) + asset_problems(test_data, plan)
     if need_tokenizer and not tokenizer and not tok_dir.is_dir():
-        problems.append(missing_tokenizer(test_data, None))
+        problems.append(missing_tokenizer(test_data, manifest))
     fail_on_problems(problems, _fix(test_data, tasks, bad, manifest, tokenizer, include_path))
     return check
 
 
 def read_data(
-    test_data: Path, tasks: list[str], check: TreeCheck, include_path: list[Path]
+    test_data: Path,
+    tasks: list[str],
+    check: TreeCheck,
+    manifest: Manifest | None,
+    include_path: list[Path],
 ) -> None:
     """The slow half: each bundle loads (once; `check.data` keeps it for the seam) and holds
     the splits its tasks index."""
-    manifest = _manifest(test_data)
     read_bundles(check, manifest)
     bad = check.problems
     if bad:
@@ -130,22 +134,6 @@ def read_data(
             _problem_lines(test_data, bad),
             _fix(test_data, tasks, bad, manifest, None, include_path),
         )
-
-
-def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> str | None:
-    """The dir (or, online, the HF id) the tokenizer loads from; None when none is staged."""
-    if requested:
-        for candidate in (Path(requested), test_data / requested):
-            if candidate.is_dir():
-                return str(candidate)
-    staged = test_data / TOKENIZER_DIR_NAME
-    manifest = _manifest(test_data)
-    staged_for = manifest.tokenizer if manifest else None
-    if staged.is_dir() and (requested is None or requested == staged_for or staged_for is None):
-        return str(staged)
-    if not offline:
-        return requested
-    return None
 
 
 def online_tokenizer_problem(source: str, timeout_s: float) -> str | None:
@@ -169,15 +157,13 @@ def online_tokenizer_problem(source: str, timeout_s: float) -> str | None:
     return None
 
 
-def missing_tokenizer(test_data: Path, requested: str | None) -> str:
-    manifest = _manifest(test_data)
+def missing_tokenizer(test_data: Path, manifest: Manifest | None) -> str:
     staged = (
         f" (the tree was staged for {manifest.tokenizer})"
         if manifest and manifest.tokenizer
         else ""
     )
-    want = f"tokenizer {requested}" if requested else "a tokenizer"
-    return f"{want} is not staged under {test_data / TOKENIZER_DIR_NAME}{staged}"
+    return f"a tokenizer is not staged under {test_data / TOKENIZER_DIR_NAME}{staged}"
 
 
 def fail_on_problems(problems: list[str], fix: str) -> None:

@@ -30,7 +30,7 @@ from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
 from common.errors import MissingDataError
 from common.evalhub_metrics import evalhub_metrics, primary_score
 from common.logs import register_secret
-from tasks.datacheck import TreeCheck, stage_command
+from tasks.datacheck import TreeCheck, stage_command, tokenizer_dir
 from tasks.index import (
     Resolution,
     build_index,
@@ -44,10 +44,12 @@ from tasks.plan import TaskPlan, plan_tasks
 
 if TYPE_CHECKING:
     from evalhub.adapter import JobResults
+    from lm_eval.loggers import EvaluationTracker
 
-    from adapter.evaluate import BuiltTasks, ModelSettings
+    from adapter.harness import BuiltTasks, ModelSettings
     from adapter.outputs import StatusWriter
     from adapter.progress import RunProgress
+    from common.manifest import Manifest
     from common.status import StatusRecord
 
 log = logging.getLogger(__name__)
@@ -68,10 +70,19 @@ class Loaded:
 
 
 @dataclass(frozen=True)
-class Prepared:
+class Checked:
+    """What preflight found and decided (`prepare` returns the run's config instead)."""
+
     tokenizer: str | None  # the dir (offline) or HF id (online) lm_eval loads
     endpoint: preflight.Endpoint
     check: TreeCheck | None  # offline: the bundles as found (and then loaded)
+    manifest: Manifest | None  # offline: manifest.json, read once
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    results: dict[str, Any]
+    tracker: EvaluationTracker  # holds the samples until publish saves them
 
 
 def _import_heavy() -> None:
@@ -81,7 +92,7 @@ def _import_heavy() -> None:
     with contextlib.suppress(Exception):
         from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
-        from adapter import evaluate  # noqa: F401
+        from adapter import harness  # noqa: F401
 
 
 class Run:
@@ -92,7 +103,6 @@ class Run:
         self.offline = False
         self.events: Events | None = None
         self.results: JobResults | None = None
-        self.tracker: Any = None  # lm_eval's EvaluationTracker, from evaluate to publish
 
     def _phase(self, name: str) -> None:
         self.writer.phase(name)
@@ -117,13 +127,13 @@ class Run:
         self._phase("initializing")
         self.isolate(cfg)
         resolved = self.resolve(cfg)
-        prepared = self.preflight(cfg, resolved)
+        checked = self.preflight(cfg, resolved)
         self._phase("loading_data")
-        loaded = self.load(cfg, resolved, prepared)
+        loaded = self.load(cfg, resolved, checked)
         self._phase("running_evaluation")
-        results = self.evaluate(cfg, loaded)
+        evaluated = self.evaluate(cfg, loaded)
         self._phase("post_processing")
-        return self.publish(cfg, loaded.settings, results, time.monotonic() - start)
+        return self.publish(cfg, loaded.settings, evaluated, time.monotonic() - start)
 
     # --- prepare ------------------------------------------------------------------------
 
@@ -164,23 +174,24 @@ class Run:
 
     # --- preflight ----------------------------------------------------------------------
 
-    def preflight(self, cfg: RunConfig, resolved: Resolved) -> Prepared:
+    def preflight(self, cfg: RunConfig, resolved: Resolved) -> Checked:
         s, p = cfg.settings, cfg.params
         names = list(cfg.tasks)
         completions = p.model_type == "completions"
         check: TreeCheck | None = None
+        manifest: Manifest | None = None
         if self.offline:
-            tokenizer = (
-                preflight.tokenizer_source(s.test_data, p.tokenizer, offline=True)
-                if completions
-                else None
-            )
+            manifest = preflight.read_manifest(s.test_data)
+            tok_dir = tokenizer_dir(s.test_data, p.tokenizer, manifest)  # decided here only
+            tokenizer = str(tok_dir) if completions and tok_dir.is_dir() else None
             check = preflight.check_tree(
                 s.test_data,
                 names,
                 resolved.plan,
-                tokenizer or p.tokenizer,
+                manifest,
                 list(cfg.include_path),
+                tokenizer=p.tokenizer,
+                tok_dir=tok_dir,
                 need_tokenizer=completions,
             )
         else:
@@ -208,47 +219,50 @@ class Run:
         finally:  # never exit with an import half done on another thread
             if importer.ident is not None:
                 importer.join()
-        return Prepared(tokenizer, endpoint, check)
+        return Checked(tokenizer, endpoint, check, manifest)
 
-    def load(self, cfg: RunConfig, resolved: Resolved, prepared: Prepared) -> Loaded:
+    def load(self, cfg: RunConfig, resolved: Resolved, checked: Checked) -> Loaded:
         """Each bundle loaded once (then served to lm_eval through the seam), tasks built,
         the model (and with it the tokenizer, once) made."""
-        from adapter import evaluate as ev
-        from adapter import seam
+        from adapter import harness, seam
         from adapter.progress import RunProgress
 
         s, p = cfg.settings, cfg.params
-        if prepared.check is not None:
+        if checked.check is not None:
             preflight.read_data(
-                s.test_data, list(cfg.tasks), prepared.check, list(cfg.include_path)
+                s.test_data,
+                list(cfg.tasks),
+                checked.check,
+                checked.manifest,
+                list(cfg.include_path),
             )
-            seam.install(s.test_data, prepared.check.data)  # before any task module imports
-        settings = model_settings(cfg, prepared)
+            seam.install(s.test_data, checked.check.data)  # before any task module imports
+        settings = model_settings(cfg, checked)
         metadata: dict[str, Any] = {
             "pretrained": cfg.spec.model.name,
-            "tokenizer": prepared.tokenizer,
+            "tokenizer": checked.tokenizer,
             "max_length": settings.max_length,
         } | (p.metadata or {})
-        built = ev.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
-        preflight.check_tasks(built.tasks, p.model_type, prepared.endpoint, p.allow_code_execution)
+        built = harness.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        preflight.check_tasks(built.tasks, p.model_type, checked.endpoint, p.allow_code_execution)
         progress = RunProgress()
         self.writer.progress = progress.snapshot
         return Loaded(settings, built, make_model(settings, progress), progress)
 
     # --- evaluate -----------------------------------------------------------------------
 
-    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> dict[str, Any]:
+    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> Evaluated:
         from lm_eval.loggers import EvaluationTracker
 
-        from adapter import evaluate as ev
+        from adapter import harness
 
         s, p = cfg.settings, cfg.params
         cache = loaded.settings.cache_file(s.request_cache_dir(p.cache_dir))
         log.info("request cache %s_rank0.db (a rerun resumes from it)", cache)
         s.output_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
+        tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
         limit = cfg.spec.num_examples if cfg.spec.num_examples is not None else p.limit
-        return ev.run(
+        results = harness.run(
             loaded.model,
             loaded.built,
             cache=cache,
@@ -264,19 +278,21 @@ class Run:
             log_samples=p.log_samples,
             bootstrap_iters=p.bootstrap_iters,
             allow_code=p.allow_code_execution,
-            tracker=self.tracker,
+            tracker=tracker,
         )
+        return Evaluated(results, tracker)
 
     # --- publish ------------------------------------------------------------------------
 
     def publish(
-        self, cfg: RunConfig, settings: ModelSettings, results: dict[str, Any], seconds: float
+        self, cfg: RunConfig, settings: ModelSettings, evaluated: Evaluated, seconds: float
     ) -> JobResults:
-        from adapter import evaluate as ev
+        from adapter import harness
         from adapter.outputs import redact_files
 
-        files = ev.save(
-            results, self.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
+        results = evaluated.results
+        files = harness.save(
+            results, evaluated.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
         )
         redact_files(files)
         spec = cfg.spec
@@ -288,7 +304,7 @@ class Run:
             spec,
             metrics,
             self.status.primary_score,
-            ev.examples_evaluated(results),
+            harness.examples_evaluated(results),
             seconds,
             {
                 "results_files": [f.name for f in files],
@@ -297,18 +313,18 @@ class Run:
         )
 
 
-def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:
+def model_settings(cfg: RunConfig, checked: Checked) -> ModelSettings:
     """The lm_eval API model's settings, from the spec and what the endpoint advertises."""
-    from adapter import evaluate as ev
+    from adapter import harness
 
     p, model = cfg.params, cfg.spec.model
-    return ev.ModelSettings(
+    return harness.ModelSettings(
         name=model.name,
         url=endpoint_url(model.url, p.model_type),
         model_type=p.model_type,
-        tokenizer=prepared.tokenizer,
-        max_length=ev.resolve_max_length(
-            p.max_length, prepared.endpoint.max_model_len, p.model_type
+        tokenizer=checked.tokenizer,
+        max_length=harness.resolve_max_length(
+            p.max_length, checked.endpoint.max_model_len, p.model_type
         ),
         num_concurrent=p.num_concurrent and min(p.num_concurrent, MAX_CONCURRENT),
         # The env's ceiling beats the spec's, as every env setting does (an operator's guard
@@ -326,10 +342,10 @@ def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:
 
 def make_model(settings: ModelSettings, progress: RunProgress) -> Any:
     """The lm_eval model (it loads the tokenizer: the one load of it in a run)."""
-    from adapter import evaluate as ev
+    from adapter import harness
 
     try:
-        return ev.make_lm(settings, progress)
+        return harness.make_lm(settings, progress)
     except Exception as e:  # transformers raises OSError, ValueError, AttributeError, ...
         if settings.tokenizer is None:
             raise

@@ -29,6 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from common.engine import open_storage
 from common.errors import (
     AirgapError,
     ConfigError,
@@ -41,8 +42,8 @@ from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, STATE_DIR_NAME, TOKENIZE
 from common.logs import register_secret
 from common.manifest import FileEntry, Manifest, entries_for, iter_tree, mismatches
 from common.network import (
-    DEFAULT_TIMEOUT_S,
     PROBE_TIMEOUT_S,
+    STEP_TIMEOUT_S,
     StepTimeout,
     host_of,
     hub_endpoint,
@@ -50,7 +51,7 @@ from common.network import (
     run_bounded,
 )
 from common.s3settings import S3Connection, resolve_connection
-from common.storage import Copy, Deadline, folder, open_storage, parse_s3_uri
+from common.storage import Copy, Deadline, folder, parse_s3_uri
 from tasks.bundles import is_bundle
 from tasks.index import load_index, resolve_tasks, unknown_tasks_error
 from tasks.plan import BundleNeed, plan_tasks
@@ -583,7 +584,7 @@ def stage(
 
 
 def _fetch_nltk(package: str, out: Path, timeout: float | None) -> str:
-    save_nltk(package, out, timeout or DEFAULT_TIMEOUT_S)
+    save_nltk(package, out, timeout or STEP_TIMEOUT_S)
     return "staged"
 
 
