@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,38 @@ def test_credentials_over_plain_http_need_the_opt_in(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="clear text"):
         resolve_git(env, tmp_path, tmp_path / "s", 60.0)
     assert resolve_git(env | {"TEST_DATA_GIT_INSECURE": "true"}, tmp_path, tmp_path / "s", 60.0)
+
+
+def sync_cli(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "airgap_eval", "sync", "--dest", str(tmp_path / "test_data"),
+         "--secret-dir", str(tmp_path / "secret"),
+         "--git-metadata", str(tmp_path / "meta" / ".git-metadata"), *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_git_source_wins_over_s3_and_records_its_status(
+    git_server: GitHttpServer, repo: str, tmp_path: Path
+) -> None:
+    secrets(tmp_path, git_server)
+    env = {
+        "TEST_DATA_GIT_URL": git_server.url(repo), "TEST_DATA_GIT_REF": "main",
+        "TEST_DATA_GIT_SUBPATH": "bundles", "TEST_DATA_GIT_TIMEOUT": "1m",
+        "TEST_DATA_GIT_INSECURE": "true", "TEST_DATA_S3_BUCKET": "never-used",
+    }  # fmt: skip
+    done = sync_cli(env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    head = git("rev-parse", "main", cwd=git_server.root / "data.git")
+    assert (tmp_path / "meta" / ".git-metadata").read_text() == head + "\n"
+    record = json.loads((tmp_path / "test_data/.airgap-eval/sync-status.json").read_text())
+    assert record["state"] == "completed" and record["progress"]["commit"] == head
+    assert len(tree(tmp_path / "test_data")) == 3
+
+    (tmp_path / "secret" / "password").write_text("wrong")
+    refused = sync_cli(env, tmp_path)
+    assert refused.returncode == 3
+    lines = [ln for ln in refused.stderr.splitlines() if "[AUTH]" in ln]
+    assert len(lines) == 1 and "wrong" not in refused.stderr, refused.stderr
+    record = json.loads((tmp_path / "test_data/.airgap-eval/sync-status.json").read_text())
+    assert record["state"] == "failed" and record["error"]["code"] == "AUTH"
