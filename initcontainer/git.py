@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -166,19 +167,25 @@ class _Git:
         if left <= 0:
             raise self._timeout()
         try:
-            done = subprocess.run(
-                ["git", "-C", str(self.repo), *args], input=input, env=self.env,
-                capture_output=True, timeout=left, check=False,
+            # Its own process group: on the deadline git's remote helper dies with it.
+            proc = subprocess.Popen(
+                ["git", "-C", str(self.repo), *args], env=self.env, start_new_session=True,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise self._timeout() from None
         except FileNotFoundError:
             raise ConfigError(
                 "git is not installed", "use the init image (it carries git)"
             ) from None
-        if done.returncode != 0:
-            raise classify(done.stderr.decode(errors="replace"), self.src)
-        return done.stdout
+        try:
+            out, err = proc.communicate(input, timeout=left)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise self._timeout() from None
+        if proc.returncode != 0:
+            raise classify(err.decode(errors="replace"), self.src)
+        return out
 
     def _timeout(self) -> DeadlineError:
         return DeadlineError(
