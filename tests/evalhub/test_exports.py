@@ -17,7 +17,7 @@ from testbed.modelserver import VLLMServer
 from testbed.tiny import TinyAssets
 from tests.evalhub.conftest import ADAPTER, provider
 from tests.evalhub.server import EvalHubServer, binary, jobs_dir
-from tests.exports import default_tag, mlflow_runs, pull
+from tests.exports import default_tag, mlflow_run, mlflow_runs, pull
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
@@ -77,8 +77,13 @@ def test_job_with_oci_export_and_experiment(
             if rel not in ("manifest.json", "logs/adapter.log", "status.json"):
                 assert (results_dir / rel).read_bytes() == body, rel
 
-        (run,) = mlflow_runs(mlflow_server.url, "airgap-evalhub")
+        # The run the server shows is ours, in the experiment the server made for the job.
+        run = mlflow_run(mlflow_server.url, result["mlflow_run_id"])
         print(f"MLflow run:\n{json.dumps(run, indent=1)}")
+        assert run["info"]["experiment_id"] == view["resource"]["mlflow_experiment_id"]
+        ours = [r for r in mlflow_runs(mlflow_server.url, "airgap-evalhub")
+                if r["info"]["run_name"] == f"{job_id}_0"]  # fmt: skip
+        assert [r["info"]["run_id"] for r in ours] == [result["mlflow_run_id"]]
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         assert {k: v for k, v in metrics.items() if k != "overall_score"} == pytest.approx(
             result["metrics"]
