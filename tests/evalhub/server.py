@@ -5,10 +5,12 @@ local runtime command is ours. Jobs go in and are read back through its REST API
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,11 @@ class EvalHubServer:
         version: str,
         root: Path,
         providers: list[dict[str, Any]],
+        collections: Sequence[Path] = (),
         extra: dict[str, Any] | None = None,  # more of config.yaml (e.g. `mlflow`)
     ) -> None:
         self.version, self.root, self.providers = version, root, providers
+        self.collections = list(collections)  # EvalHub's collection YAML files, as they are
         self.extra = extra or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -63,6 +67,10 @@ class EvalHubServer:
             (cfg / "providers" / f"{provider['id']}.yaml").write_text(
                 json.dumps(provider, indent=1)
             )
+        if self.collections:
+            (cfg / "collections").mkdir(exist_ok=True)
+            for path in self.collections:
+                shutil.copy(path, cfg / "collections" / path.name)
         return cfg
 
     def start(self, ready_s: float = 30.0) -> EvalHubServer:

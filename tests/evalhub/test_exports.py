@@ -41,7 +41,7 @@ def server(
     }  # fmt: skip
     config = {"mlflow": {"tracking_uri": mlflow_server.url}}
     with EvalHubServer(VERSION, root, [provider("airgap_eval", root / "adapter.sh", env)],
-                       config) as hub:  # fmt: skip
+                       extra=config) as hub:  # fmt: skip
         yield hub
 
 
