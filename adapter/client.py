@@ -1,5 +1,8 @@
-"""The request loop of our lm_eval API models: lm_eval's own `TemplateAPI` request path with
-its one async hook, `get_batched_requests`, overridden (no fork, no patch).
+"""The request loop of our lm_eval API models: a subclass of lm_eval's `TemplateAPI` models
+(lm_eval is not forked or patched) overriding five methods: `get_batched_requests` (the async
+request loop), `__init__` (concurrency and batching), `loglikelihood` and `tok_encode` (one
+batched tokenizer call), and `set_cache_hook`, which also switches off sqlitedict's autocommit
+and its private `_outer_stack` (a stack trace per write) on lm_eval's request cache.
 
 What it changes, and why:
 
@@ -14,6 +17,10 @@ What it changes, and why:
   both unset (`AUTO_BATCH`): consecutive items of lm_eval's length-sorted order, as its own batching
   takes them. An endpoint that refuses a list of prompts (4xx, or a wrong number of choices)
   gets one prompt per request from then on.
+- Stop sequences: the OpenAI API (and vLLM's server) take at most 4; lm_eval's completions
+  path sends every `until` string (gsm8k_platinum_cot_llama has 5: HTTP 400 on every
+  request). The first 4 go to the server, the rest cut the answer here, where the server
+  would have stopped (greedy text before a stop is the same either way).
 - Client cost: each payload is serialised once (not per attempt), answers are parsed where
   they arrive, and no per-request progress bar or tenacity wrapper sits in the loop.
 
@@ -26,9 +33,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import itertools
 import json
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -38,10 +47,27 @@ from adapter.concurrency import Gate, Limit
 
 log = logging.getLogger(__name__)
 
+TOKENIZE_AHEAD = 1024  # requests tokenized in one call, ahead of lm_eval's encoding loop
 AUTO_BATCH = 8  # loglikelihood prompts per request when the spec sets no batch_size
 FATAL = frozenset({400, 401, 403, 404, 405, 413, 422})
 TURN_AWAY = frozenset({429, 503})
 MAX_PAUSE = 30.0  # an absurd Retry-After is capped
+MAX_STOP = 4  # stop sequences an OpenAI-compatible server accepts
+
+
+def split_stops(payload: dict[str, Any]) -> list[str]:
+    """Keep the first MAX_STOP stop strings in the payload; return the rest (cut here)."""
+    stop = payload.get("stop")
+    if not isinstance(stop, list) or len(stop) <= MAX_STOP:
+        return []
+    payload["stop"] = stop[:MAX_STOP]
+    return [s for s in stop[MAX_STOP:] if s]
+
+
+def cut_at(text: str, stops: list[str]) -> str:
+    for s in stops:
+        text = text.split(s, 1)[0]
+    return text
 
 
 class TurnedAway(Exception):
@@ -82,7 +108,8 @@ class AdaptiveRequests:
         # num_concurrent alone asks for lm_eval's own behaviour, one prompt per request
         self._auto_batch = AUTO_BATCH if batch_size is None and adaptive else 0
         self.turn_aways = 0
-        self._memo: dict[str, list[int]] = {}
+        self._memo: dict[str, list[Any]] = {}  # text -> [token ids, uses left]
+        self._ahead: Iterator[Any] | None = None  # requests not tokenized yet
 
     def set_cache_hook(self, cache_hook: Any) -> None:
         db = getattr(cache_hook, "dbdict", None)
@@ -97,36 +124,59 @@ class AdaptiveRequests:
         super().set_cache_hook(cache_hook)  # type: ignore[misc]
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> Any:
-        """lm_eval's own loglikelihood, its two tokenizer calls per request answered from one
-        batched call (the same ids: the same strings, the same flags)."""
-        self._memo = self._pretokenize(requests)
+        """lm_eval's own loglikelihood, its two tokenizer calls per request answered from
+        batched calls (the same ids: the same strings, the same flags). lm_eval encodes the
+        requests in their order: the batches run `TOKENIZE_AHEAD` requests ahead of it and each
+        entry goes at its last use, so the ids are held once (by lm_eval), not twice."""
+        api: Any = self
+        if api.tokenizer_backend == "huggingface":
+            self._ahead = iter(requests)
         try:
             return super().loglikelihood(requests, disable_tqdm)  # type: ignore[misc]
         finally:
-            self._memo = {}
+            self._memo, self._ahead = {}, None
 
-    def _pretokenize(self, requests: list[Any]) -> dict[str, list[int]]:
+    def _tokenize_ahead(self) -> bool:
+        """Tokenize the next requests' strings in one call; False when none are left."""
         api: Any = self
-        if api.tokenizer_backend != "huggingface" or not requests:
-            return {}
-        texts: set[str] = set()
-        for req in requests:
+        chunk = list(itertools.islice(self._ahead or (), TOKENIZE_AHEAD))
+        if not chunk:
+            self._ahead = None
+            return False
+        uses: collections.Counter[str] = collections.Counter()
+        for req in chunk:
             context, continuation = req.args[0], req.args[1]
             # TemplateLM._encode_pair encodes context+continuation and the context without
             # its trailing spaces; an empty context encodes the continuation alone
-            texts.update((context + continuation, context.rstrip()) if context else (continuation,))
-        order = list(texts)
+            uses.update((context + continuation, context.rstrip()) if context else (continuation,))
+        new = [t for t in uses if t not in self._memo]
         # TemplateAPI.tok_encode's default: special tokens only with add_bos_token
-        ids = api.tokenizer(order, add_special_tokens=bool(api.add_bos_token),
-                            return_attention_mask=False).input_ids  # fmt: skip
-        return dict(zip(order, ids, strict=True))
+        ids = api.tokenizer(new, add_special_tokens=bool(api.add_bos_token),
+                            return_attention_mask=False).input_ids if new else []  # fmt: skip
+        for text, found in zip(new, ids, strict=True):
+            self._memo[text] = [found, 0]
+        for text, n in uses.items():
+            self._memo[text][1] += n
+        return True
+
+    def _memoized(self, string: str) -> list[int] | None:
+        entry = self._memo.get(string)
+        if entry is None and self._ahead is not None and self._tokenize_ahead():
+            entry = self._memo.get(string)
+        if entry is None:
+            return None
+        entry[1] -= 1
+        if entry[1] <= 0:  # its last use: lm_eval keeps it, we let go
+            del self._memo[string]
+            return entry[0]
+        return list(entry[0])
 
     def tok_encode(self, string: Any, left_truncate_len: int | None = None,
                    add_special_tokens: bool = False, **kwargs: Any) -> Any:  # fmt: skip
         if isinstance(string, str) and not (left_truncate_len or add_special_tokens or kwargs):
-            ids = self._memo.get(string)
+            ids = self._memoized(string)
             if ids is not None:
-                return list(ids)
+                return ids
         return super().tok_encode(string, left_truncate_len=left_truncate_len,  # type: ignore[misc]
                                   add_special_tokens=add_special_tokens, **kwargs)  # fmt: skip
 
@@ -158,6 +208,7 @@ class AdaptiveRequests:
                 seed=api._seed,
                 eos=api.eos_string,
             )
+            extra_stops = split_stops(payload) if generate else []
             body = json.dumps(payload).encode()
             auto = len(idx) > 1 and self._auto_batch > 1
             outputs = await self._post(session, gate, body, headers, several=auto)
@@ -173,6 +224,8 @@ class AdaptiveRequests:
                 if answer is None and generate:  # as lm_eval: a null text is kept, not cached
                     answers[i] = LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER
                     continue
+                if extra_stops:
+                    answer = cut_at(answer, extra_stops)
                 answers[i] = answer
                 if cache_keys[i] is not None:
                     api.cache_hook.add_partial(

@@ -3,10 +3,11 @@
     isolate    the light read of the spec (`Job`); offline or online and why, the offline
                env before any HF import, the egress guard; an empty dir fails here
     resolve    task names -> leaf tasks, config folders, bundles (once, from the task index)
-    check_data the fast data verdict (tree, tokenizer files, assets: no data read)
+    check_data the fast verdict: code-executing tasks allowed, packages present, then offline
+               the tree, tokenizer files, assets (manifest read once, no data read)
     prepare    eval-hub-sdk's spec and the API key: the frozen `RunConfig`
-    preflight  the endpoint, then each bundle loaded once, the tasks built, task/endpoint
-               compatibility
+    preflight  online the tokenizer, then the chat template and the endpoint
+    load       each bundle loaded once, the tasks built, task/endpoint compatibility, the model
     evaluate   lm_eval's simple_evaluate against the endpoint (request cache on)
     publish    results + samples (redacted), metrics, the SDK's JobResults
 
@@ -18,6 +19,7 @@ endpoint probe waits on the network.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -27,11 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapter import egress, offline, preflight
+from adapter import criteria, egress, offline, preflight
 from adapter.config import Job, RunConfig, Settings, prepare_job, read_job
 from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
+from common.atomic import atomic_write
 from common.errors import AirgapError, MissingDataError
 from common.logs import register_secret
+from tasks.code import missing_packages, unsafe_tasks
 from tasks.datacheck import TreeCheck, stage_command, tokenizer_dir
 from tasks.index import (
     Resolution,
@@ -45,7 +49,7 @@ from tasks.index import (
 from tasks.plan import TaskPlan, plan_tasks
 
 if TYPE_CHECKING:
-    from evalhub.adapter import JobResults
+    from evalhub.adapter import JobResults, JobSpec
     from lm_eval.loggers import EvaluationTracker
 
     from adapter.events import Events, SdkAdapter
@@ -62,6 +66,8 @@ log = logging.getLogger(__name__)
 class Resolved:
     resolution: Resolution
     plan: TaskPlan
+    missing_packages: dict[str, list[str]]  # import name -> tasks whose code imports it
+    unsafe: list[str]  # tasks that execute model-written code
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,9 @@ class Checked:
 
 @dataclass(frozen=True)
 class Evaluated:
+    """One lm_eval run (one per seed with `repetitions`)."""
+
+    seed: int | None
     results: dict[str, Any]
     tracker: EvaluationTracker  # holds the samples until publish saves them
 
@@ -172,9 +181,9 @@ class Run:
         self._phase("loading_data")
         loaded = self.load(cfg, resolved, checked)
         self._phase("running_evaluation")
-        evaluated = self.evaluate(cfg, loaded)
+        runs = self.evaluate(cfg, loaded)
         self._phase("post_processing")
-        return self.publish(cfg, loaded.settings, evaluated, time.monotonic() - start)
+        return self.publish(cfg, loaded.settings, runs, time.monotonic() - start)
 
     # --- prepare ------------------------------------------------------------------------
 
@@ -210,7 +219,12 @@ class Run:
         # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
         # goes by the manifest's record for them, the seam finds their bundle later.
         plan = plan_tasks(resolution, index, import_classes=False)
-        return Resolved(resolution, plan)
+        return Resolved(
+            resolution,
+            plan,
+            missing_packages(resolution.leaves, index),
+            unsafe_tasks(resolution.leaves, index),
+        )
 
     # --- preflight ----------------------------------------------------------------------
 
@@ -219,6 +233,8 @@ class Run:
         assets (no heavy import, no data read)."""
         s, p = job.settings, job.params
         completions = p.model_type == "completions"
+        preflight.refuse_unsafe(resolved.unsafe, p.allow_code_execution)
+        preflight.check_packages(resolved.missing_packages)
         if not self.offline:
             return DataVerdict(None, None, None)
         manifest = preflight.read_manifest(s.test_data)
@@ -239,14 +255,17 @@ class Run:
     def preflight(self, cfg: RunConfig, data: DataVerdict) -> Checked:
         """Online, the tokenizer (it may download); then the endpoint."""
         s, p = cfg.settings, cfg.params
+        completions = p.model_type == "completions"
         tokenizer = data.tokenizer
-        if not self.offline and p.model_type == "completions":
+        if not self.offline and completions:
             tokenizer = p.tokenizer or cfg.spec.model.name
             if problem := preflight.online_tokenizer_problem(tokenizer, s.online_timeout_s):
                 preflight.fail_on_problems(
                     [problem],
                     stage_command(cfg.tasks, s.test_data, p.tokenizer, list(cfg.include_path)),
                 )
+        if completions and p.apply_chat_template and tokenizer and Path(tokenizer).is_dir():
+            preflight.check_chat_template(Path(tokenizer), p.apply_chat_template)
         # The heavy imports run while the test request waits on the network.
         importer = threading.Thread(target=_import_heavy, name="heavy-imports", daemon=True)
         try:
@@ -269,6 +288,7 @@ class Run:
         """Each bundle loaded once (then served to lm_eval through the seam), tasks built,
         the model (and with it the tokenizer, once) made."""
         from adapter import harness, seam
+        from adapter.metrics import install_metrics
         from adapter.progress import RunProgress
 
         s, p = cfg.settings, cfg.params
@@ -281,13 +301,18 @@ class Run:
                 list(cfg.include_path),
             )
             seam.install(s.test_data, checked.check.data)  # before any task module imports
+            # before the task modules import: humaneval's loads code_eval at import
+            install_metrics(s.test_data, Path(os.environ["HF_MODULES_CACHE"]))
         settings = model_settings(cfg, checked)
         metadata: dict[str, Any] = {
             "pretrained": cfg.spec.model.name,
             "tokenizer": checked.tokenizer,
             "max_length": settings.max_length,
         } | (p.metadata or {})
-        built = harness.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        try:
+            built = harness.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        except ImportError as e:
+            raise preflight.import_failure(e, list(cfg.tasks)) from None
         preflight.check_tasks(built.tasks, p.model_type, checked.endpoint, p.allow_code_execution)
         progress = RunProgress(built.tasks)
         self.writer.progress = progress.snapshot
@@ -295,69 +320,124 @@ class Run:
 
     # --- evaluate -----------------------------------------------------------------------
 
-    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> Evaluated:
+    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> list[Evaluated]:
+        """One lm_eval run per seed (`repetitions`), each with its own tracker and request
+        cache (a cached answer must not stand in for another seed's sample)."""
         from lm_eval.loggers import EvaluationTracker
 
         from adapter import harness
+        from adapter.progress import RunProgress
 
         s, p = cfg.settings, cfg.params
         cache = loaded.settings.cache_file(s.request_cache_dir(p.cache_dir))
-        log.info("request cache %s_rank0.db (a rerun resumes from it)", cache)
         s.output_dir.mkdir(parents=True, exist_ok=True)
-        tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
         limit = cfg.spec.num_examples if cfg.spec.num_examples is not None else p.limit
-        results = harness.run(
-            loaded.model,
-            loaded.built,
-            cache=cache,
-            progress=loaded.progress,
-            limit=limit,
-            num_fewshot=p.num_fewshot,
-            seed=p.seed,
-            gen_kwargs=p.gen_kwargs,
-            # a chat endpoint takes messages: lm_eval builds them only with the template on
-            apply_chat_template=p.apply_chat_template or p.model_type == "chat",
-            fewshot_as_multiturn=p.fewshot_as_multiturn,
-            system_instruction=p.system_instruction,
-            log_samples=p.log_samples,
-            bootstrap_iters=p.bootstrap_iters,
-            allow_code=p.allow_code_execution,
-            tracker=tracker,
-        )
-        return Evaluated(results, tracker)
+        runs = []
+        run_seeds = criteria.seeds(p.seed, p.repetitions)
+        for i, seed in enumerate(run_seeds):
+            db = cache if len(run_seeds) == 1 else f"{cache}-seed{seed}"
+            log.info("request cache %s_rank0.db (a rerun resumes from it)", db)
+            if len(run_seeds) > 1:
+                log.info("repetition %d of %d: seed %s", i + 1, len(run_seeds), seed)
+                # and the sampling seed lm_eval's API model sends with generation requests (one
+                # run keeps its 1234, as plain lm_eval's --seed does)
+                loaded.model._seed = seed
+            # each repetition is a whole job of its own: its progress counts from zero
+            progress = loaded.progress if i == 0 else RunProgress(loaded.built.tasks)
+            loaded.model.progress = progress
+            self.writer.progress = progress.snapshot
+            tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
+            results = harness.run(
+                loaded.model,
+                loaded.built,
+                cache=db,
+                progress=progress,
+                limit=limit,
+                num_fewshot=p.num_fewshot,
+                seed=seed,
+                gen_kwargs=p.gen_kwargs,
+                # a chat endpoint takes messages: lm_eval builds them only with the template on
+                apply_chat_template=p.apply_chat_template or p.model_type == "chat",
+                fewshot_as_multiturn=p.fewshot_as_multiturn,
+                system_instruction=p.system_instruction,
+                log_samples=p.log_samples,
+                bootstrap_iters=p.bootstrap_iters,
+                allow_code=p.allow_code_execution,
+                tracker=tracker,
+            )
+            runs.append(Evaluated(seed, results, tracker))
+        return runs
 
     # --- publish ------------------------------------------------------------------------
 
     def publish(
-        self, cfg: RunConfig, settings: ModelSettings, evaluated: Evaluated, seconds: float
+        self, cfg: RunConfig, settings: ModelSettings, runs: list[Evaluated], seconds: float
     ) -> JobResults:
         from adapter import harness
         from adapter.events import job_results, primary_definition
         from adapter.outputs import redact_files
-        from common.evalhub_metrics import evalhub_metrics, primary_score
+        from common.evalhub_metrics import Metrics, evalhub_metrics, primary_score
 
-        results = evaluated.results
-        files = harness.save(
-            results, evaluated.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
-        )
-        redact_files(files)
-        self.files = files
-        spec = cfg.spec
-        metrics = evalhub_metrics(results, spec.benchmark_id, list(cfg.tasks))
+        spec, p = cfg.spec, cfg.params
+        per_run: list[tuple[int | None, Metrics, list[str]]] = []
+        files: list[Path] = []
+        for run in runs:
+            written = harness.save(
+                run.results, run.tracker, cfg.settings.output_dir, settings, p.log_samples
+            )
+            redact_files(written)
+            files += written
+            metrics = evalhub_metrics(run.results, spec.benchmark_id, list(cfg.tasks))
+            per_run.append((run.seed, metrics, [f.name for f in written]))
+        metrics = criteria.mean_metrics([m for _, m, _ in per_run])
         self.status.metrics = metrics
         definition = primary_definition(spec, self.events.callbacks) if self.events else None
         self.status.primary_score = primary_score(metrics, definition)
+        if len(runs) > 1:
+            self.status.repetitions = criteria.repetitions_summary(per_run, metrics)
+            log.info(
+                "%d repetitions (seeds %s): EvalHub gets each metric's mean",
+                len(runs),
+                ", ".join(str(r.seed) for r in runs),
+            )
+        self.status.criteria = (
+            criteria.evaluate_criteria(
+                [r.results for r in runs],
+                _main_task(runs[0].results, spec, cfg.tasks),
+                metrics,
+                (p.secondary_metric, p.secondary_threshold),
+                (p.blocking_subtask, p.blocking_subtask_threshold),
+                definition,
+            )
+            or None
+        )
+        for item in self.status.criteria or []:
+            log.warning("%s", criteria.criteria_line(item))
+        artifacts = self.status.collection_artifacts()
+        if artifacts:
+            summary_file = cfg.settings.output_dir / "criteria.json"
+            atomic_write(summary_file, json.dumps(artifacts, indent=1))
+            files.append(summary_file)
+        self.files = files
         return job_results(
             spec,
             metrics,
             self.status.primary_score,
-            harness.examples_evaluated(results),
+            harness.examples_evaluated(runs[0].results),
             seconds,
             {
                 "results_files": [f.name for f in files],
-                "lm_eval_version": results.get("lm_eval_version") or _version("lm_eval"),
+                "lm_eval_version": runs[0].results.get("lm_eval_version") or _version("lm_eval"),
+                # the SDK sends these as the event's artifacts: EvalHub's job view shows them
+                **({"artifacts": artifacts} if artifacts else {}),
             },
         )
+
+
+def _main_task(results: dict[str, Any], spec: JobSpec, tasks: tuple[str, ...]) -> str:
+    """The lm_eval name standing for the benchmark (as common.evalhub_metrics picks it)."""
+    known = results.get("results", {}).keys() | (results.get("group_subtasks") or {}).keys()
+    return spec.benchmark_id if spec.benchmark_id in known else tasks[0]
 
 
 def model_settings(cfg: RunConfig, checked: Checked) -> ModelSettings:

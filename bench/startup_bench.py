@@ -43,7 +43,8 @@ from testbed.modelserver import RecordingProxy, VLLMServer
 from testbed.tiny import TinyAssets, build_all
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "benchmarks"
+# the real rows beside the checkout; a worktree elsewhere names them in AIRGAP_EVAL_BENCHMARKS
+SHARED = Path(os.environ.get("AIRGAP_EVAL_BENCHMARKS") or REPO.parent / "shared" / "benchmarks")
 ARC_SLUG = "allenai--ai2_arc--ARC-Easy"
 TASK = "arc_easy"
 

@@ -12,7 +12,9 @@ docs) and hellaswag cut to `--hellaswag-docs` (200) validation docs, ~10,300 log
 requests. `--docs N` caps arc_easy too, for a quick run.
 
 - `airgap-eval run`: the job spec sets neither num_concurrent nor batch_size (adaptive
-  concurrency, several prompts per request); offline, request cache and samples on.
+  concurrency, several prompts per request); offline, request cache and samples on. Then the
+  same at `num_concurrent: 1` (one request in flight, as plain lm_eval below): its ms per
+  request must not exceed lm_eval's (`--no-serial` skips it).
 - plain lm_eval: `lm_eval --model local-completions` with num_concurrent=1, batch_size 1,
   reading the same bundles through task YAMLs that are the tasks' own configs pointed at the
   bundles' arrow files (same docs, prompts and requests); it builds its full task index at
@@ -52,7 +54,8 @@ from typing import Any
 from testbed.gpustub import Config, GpuStub
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "benchmarks"
+# the real rows beside the checkout; a worktree elsewhere names them in AIRGAP_EVAL_BENCHMARKS
+SHARED = Path(os.environ.get("AIRGAP_EVAL_BENCHMARKS") or REPO.parent / "shared" / "benchmarks")
 TASKS = {"arc_easy": ("arc", "arc_easy.yaml"), "hellaswag": ("hellaswag", "hellaswag.yaml")}
 STORM_ABOVE = 12  # the storm stub's 429 threshold: requests in it (the adaptive start is 8)
 SLUGS = {"arc_easy": "allenai--ai2_arc--ARC-Easy", "hellaswag": "Rowan--hellaswag"}
@@ -203,11 +206,12 @@ def run_plain(
 def compare(jobs: list[Job], base: Job, title: str) -> bool:
     print(f"\n== {title}")
     print(
-        f"{'':28}{'whole job':>11}{'request phase':>15}{'prompts/s':>11}{'HTTP req':>10}{'max in flight':>15}"
+        f"{'':28}{'whole job':>11}{'request phase':>15}{'prompts/s':>11}{'HTTP req':>10}{'ms/HTTP req':>13}{'max in flight':>15}"
     )
     for j in [base, *jobs]:
         print(
-            f"{j.name:28}{j.whole_s:>10.1f}s{j.phase_s:>14.1f}s{j.rate:>11.0f}{j.http_requests:>10}{j.max_in_flight:>15}"
+            f"{j.name:28}{j.whole_s:>10.1f}s{j.phase_s:>14.1f}s{j.rate:>11.0f}{j.http_requests:>10}"
+            f"{1000 * j.phase_s / max(j.http_requests, 1):>13.1f}{j.max_in_flight:>15}"
         )
     same = True
     for j in jobs:
@@ -292,9 +296,7 @@ def main() -> int:
     ap.add_argument("--latency", type=float, default=0.04)
     ap.add_argument("--slots", type=int, default=64)
     ap.add_argument("--no-storm", action="store_true", help="skip the run against the 429 stub")
-    ap.add_argument(
-        "--serial-ours", action="store_true", help="also airgap-eval with num_concurrent 1"
-    )
+    ap.add_argument("--no-serial", action="store_true", help="skip airgap-eval at num_concurrent 1")
     ap.add_argument("--ceiling", action="store_true", help="only the client ceiling")
     ap.add_argument("--ceiling-docs", type=int, default=1000)
     ap.add_argument(
@@ -325,7 +327,7 @@ def main() -> int:
         with GpuStub(cfg) as stub:
             jobs.append(run_airgap(root, "airgap-eval defaults", test_data, stub, "tiny", {}))
             print(f"  {jobs[-1]}", flush=True)
-            if args.serial_ours:
+            if not args.no_serial:
                 jobs.append(run_airgap(root, "airgap-eval nc=1", test_data, stub, "tiny",
                                        {"num_concurrent": 1, "batch_size": 1}))  # fmt: skip
                 print(f"  {jobs[-1]}", flush=True)

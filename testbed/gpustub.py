@@ -13,7 +13,8 @@ prompt logprobs, `max_tokens` 1) and short generations, with:
   requests are in the server (running + queued);
 - optionally one prompt per request only (`--single-prompt`: 400 to a list, as some servers);
 - counters at `GET /stats` (requests, prompts, the most requests in flight at once, turn-aways,
-  the times of the first token-id request and the last answer) and `POST /stats/reset`.
+  TCP connections the completions came over, the times of the first token-id request and the
+  last answer) and `POST /stats/reset`.
 
     python -m testbed.gpustub --port 8000 --latency 0.04 --slots 64 [--reject-above 80]
 
@@ -122,6 +123,7 @@ class Stats:
     def reset(self) -> None:
         self.requests = self.prompts = self.rejected = self.in_flight = self.max_in_flight = 0
         self.first = self.last = 0.0  # wall clock: the first token-id request, the last answer
+        self.peers: set[Any] = set()  # client (host, port)s: one per TCP connection
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -132,6 +134,7 @@ class Stats:
             "max_in_flight": self.max_in_flight,
             "first": self.first,
             "last": self.last,
+            "connections": len(self.peers),
         }
 
 
@@ -154,6 +157,7 @@ def make_app(cfg: Config) -> Any:
 
     async def completions(request: web.Request) -> web.Response:
         stats.in_flight += 1
+        stats.peers.add(request.transport and request.transport.get_extra_info("peername"))
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
             if cfg.reject_above is not None and stats.in_flight > cfg.reject_above:
