@@ -40,7 +40,8 @@ def field_errors(err: ValidationError, prefix: str) -> str:
 
 
 # The top-level fields of EvalHub 1.0's job.json (`BuildJobSpec`, eval-hub
-# internal/eval_hub/runtimes/shared/jobspec.go) and the one eval-hub-sdk's JobSpec adds.
+# internal/eval_hub/runtimes/shared/jobspec.go) and `primary_score`, which eval-hub-sdk's
+# JobSpec adds and the 1.0.2 server writes.
 EVALHUB_JOB_FIELDS = (
     "id", "provider_id", "benchmark_id", "benchmark_index", "model", "num_examples",
     "parameters", "experiment_name", "tags", "callback_url", "exports",
