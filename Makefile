@@ -44,7 +44,7 @@ $(EVALHUB_DIR)/%/bin/eval-hub: | $(BIN)/airgap-eval
 setup-evalhub: $(foreach v,$(EVALHUB_VERSIONS),$(EVALHUB_DIR)/$(v)/bin/eval-hub)
 
 demo: setup setup-vllm
-	$(BIN)/airgap-eval demo
+	$(BIN)/python -m testbed.demo
 
 # The three images, with podman (no Docker engine needed): the local base and podman's layer
 # cache live in /var/cache/airgap-eval/podman, so a rebuild with nothing changed takes seconds.
@@ -66,10 +66,11 @@ test: lint pytest
 # The bench/ scripts in the venv, each printing ratios against a baseline it measures in the
 # same run (README, "Development"); each starts its own SeaweedFS, startup_bench a vLLM.
 # The machine's load average is printed before and after each: rerun a noisy one.
+# PYTHONPATH: testbed/ (their local servers) is the repo's, not in the installed package.
 BENCHES ?= sync upload verify startup throughput fullsize
 bench: setup setup-vllm
 	@set -e; for b in $(BENCHES); do \
 		echo "==> bench/$${b}_bench.py (load average: $$(cut -d' ' -f1-3 /proc/loadavg))"; \
-		PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/$${b}_bench.py; \
+		PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)" $(BIN)/python bench/$${b}_bench.py; \
 		echo "    (load average after: $$(cut -d' ' -f1-3 /proc/loadavg))"; \
 	done

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from adapter.config import parser, resolve
+from adapter.config import parser, resolve_config
 from adapter.outputs import LOG_NAME, StatusWriter, wait_uploaded, write_done
 from common.entry import run_guarded
 from common.errors import AirgapError
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None, prog: str = "airgap-eval run") -> int:
         return build_task_index(args.task_index)
 
     try:
-        settings = resolve(args, os.environ)
+        settings = resolve_config(args, os.environ)
     except AirgapError as e:  # no output dir known for sure: the message is all we can give
         setup_logging(args.verbose)
         log.error(e.one_line())

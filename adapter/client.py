@@ -1,5 +1,8 @@
-"""The request loop of our lm_eval API models: lm_eval's own `TemplateAPI` request path with
-its one async hook, `get_batched_requests`, overridden (no fork, no patch).
+"""The request loop of our lm_eval API models: a subclass of lm_eval's `TemplateAPI` models
+(lm_eval is not forked or patched) overriding five methods: `get_batched_requests` (the async
+request loop), `__init__` (concurrency and batching), `loglikelihood` and `tok_encode` (one
+batched tokenizer call), and `set_cache_hook`, which also switches off sqlitedict's autocommit
+and its private `_outer_stack` (a stack trace per write) on lm_eval's request cache.
 
 What it changes, and why:
 
@@ -14,6 +17,10 @@ What it changes, and why:
   both unset (`AUTO_BATCH`): consecutive items of lm_eval's length-sorted order, as its own batching
   takes them. An endpoint that refuses a list of prompts (4xx, or a wrong number of choices)
   gets one prompt per request from then on.
+- Stop sequences: the OpenAI API (and vLLM's server) take at most 4; lm_eval's completions
+  path sends every `until` string (gsm8k_platinum_cot_llama has 5: HTTP 400 on every
+  request). The first 4 go to the server, the rest cut the answer here, where the server
+  would have stopped (greedy text before a stop is the same either way).
 - Client cost: each payload is serialised once (not per attempt), answers are parsed where
   they arrive, and no per-request progress bar or tenacity wrapper sits in the loop.
 
@@ -45,6 +52,22 @@ AUTO_BATCH = 8  # loglikelihood prompts per request when the spec sets no batch_
 FATAL = frozenset({400, 401, 403, 404, 405, 413, 422})
 TURN_AWAY = frozenset({429, 503})
 MAX_PAUSE = 30.0  # an absurd Retry-After is capped
+MAX_STOP = 4  # stop sequences an OpenAI-compatible server accepts
+
+
+def split_stops(payload: dict[str, Any]) -> list[str]:
+    """Keep the first MAX_STOP stop strings in the payload; return the rest (cut here)."""
+    stop = payload.get("stop")
+    if not isinstance(stop, list) or len(stop) <= MAX_STOP:
+        return []
+    payload["stop"] = stop[:MAX_STOP]
+    return [s for s in stop[MAX_STOP:] if s]
+
+
+def cut_at(text: str, stops: list[str]) -> str:
+    for s in stops:
+        text = text.split(s, 1)[0]
+    return text
 
 
 class TurnedAway(Exception):
@@ -68,7 +91,7 @@ def retry_after(value: str | None) -> float | None:
 
 class AdaptiveRequests:
     """Mixed in front of lm_eval's LocalCompletionsAPI / LocalChatCompletion (see
-    adapter.evaluate). `num_concurrent=None` means adaptive, `batch_size=None` automatic."""
+    adapter.harness). `num_concurrent=None` means adaptive, `batch_size=None` automatic."""
 
     _limit: Limit
     _auto_batch: int
@@ -192,6 +215,7 @@ class AdaptiveRequests:
                 seed=api._seed,
                 eos=api.eos_string,
             )
+            extra_stops = split_stops(payload) if generate else []
             body = json.dumps(payload).encode()
             auto = len(idx) > 1 and self._auto_batch > 1
             outputs = await self._post(session, gate, body, headers, several=auto)
@@ -207,6 +231,8 @@ class AdaptiveRequests:
                 if answer is None and generate:  # as lm_eval: a null text is kept, not cached
                     answers[i] = LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER
                     continue
+                if extra_stops:
+                    answer = cut_at(answer, extra_stops)
                 answers[i] = answer
                 if cache_keys[i] is not None:
                     api.cache_hook.add_partial(

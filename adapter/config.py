@@ -157,7 +157,7 @@ def _pick(env: Mapping[str, str], flag: Any, var: str, default: Any) -> Any:
     return env.get(var) or default
 
 
-def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     overrides: dict[str, Any] = {"parameters": dict(_param(p) for p in args.param)}
     if args.tasks:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

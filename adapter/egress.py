@@ -16,13 +16,9 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from common.errors import UnreachableError
+from common.errors import EgressBlocked
 
 log = logging.getLogger(__name__)
-
-
-class EgressBlocked(UnreachableError):
-    """Raised inside the library that tried to connect; propagates as this type."""
 
 
 _state: dict[str, Any] = {"enabled": False, "names": set(), "ips": set(), "hooked": False}

@@ -8,14 +8,21 @@ verdict depends on it.
 
 from __future__ import annotations
 
+import difflib
+import logging
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.errors import ConfigError
 from common.jobspec import field_errors
 
+log = logging.getLogger(__name__)
+
 MAX_CONCURRENT = 128  # EvalHub's lm_eval adapter clamps to the same bound
+# Keys EvalHub's collections set for its lighteval provider (pass@k over n samples): accepted
+# so one collection's parameters fit every entry, and ignored with one warning line.
+LIGHTEVAL_KEYS = ("num_samples", "pass_at_k")
 
 
 class RunParameters(BaseModel):
@@ -60,7 +67,11 @@ class RunParameters(BaseModel):
     )
     max_gen_toks: int | None = Field(default=None, ge=1)
     model_type: Literal["completions", "chat"] = "completions"
-    apply_chat_template: bool = False
+    apply_chat_template: bool | str = Field(
+        default=False,
+        description="true: the tokenizer's chat template (completions) or the server's (chat); "
+        "a name: that one of the tokenizer's named templates, as lm_eval takes it",
+    )
     fewshot_as_multiturn: bool | None = None
     system_instruction: str | None = None
     gen_kwargs: dict[str, Any] | None = Field(
@@ -82,18 +93,71 @@ class RunParameters(BaseModel):
     limit: float | None = Field(default=None, gt=0, description="as num_examples; that wins")
     metadata: dict[str, Any] | None = Field(default=None, description="lm_eval task metadata")
     verify_certificate: bool = True
+    # EvalHub's collection keys (config/collections/*.yaml)
+    repetitions: int = Field(
+        default=1,
+        ge=1,
+        description="runs of the benchmark with seeds seed, seed+1, ...; EvalHub scores the "
+        "mean of each metric (seed default: 1234, lm_eval's few-shot and sampling seed)",
+    )
+    secondary_metric: str | None = Field(
+        default=None, description="a metric tracked beside the primary one; not needed to pass"
+    )
+    secondary_threshold: float | None = None
+    blocking_subtask: str | None = Field(
+        default=None,
+        description="a subtask whose primary metric below blocking_subtask_threshold is a "
+        "blocking finding, whatever the benchmark's score",
+    )
+    blocking_subtask_threshold: float | None = None
+    num_samples: int | None = Field(default=None, description="lighteval's: ignored")
+    pass_at_k: int | None = Field(default=None, description="lighteval's: ignored")
+
+    @model_validator(mode="after")
+    def _thresholds_name_their_metric(self) -> RunParameters:
+        for name, threshold in (
+            ("secondary_metric", self.secondary_threshold),
+            ("blocking_subtask", self.blocking_subtask_threshold),
+        ):
+            if threshold is not None and not getattr(self, name):
+                raise ValueError(f"{name}'s threshold is set without {name}")
+        return self
+
+
+ALIASES = ("num_few_shot", "random_seed", "timeout_seconds", "parameters")
+
+
+def closest_key(key: str) -> str | None:
+    known = [*RunParameters.model_fields, *ALIASES]
+    found = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return found[0] if found else None
 
 
 def parse_parameters(raw: dict[str, Any]) -> RunParameters:
     try:
-        return RunParameters.model_validate(raw)
+        params = RunParameters.model_validate(raw)
     except ValidationError as e:
         known = sorted(RunParameters.model_fields)
+        guesses = [
+            f"did you mean {guess!r} for {key!r}?"
+            for err in e.errors()
+            if err["type"] == "extra_forbidden"
+            and (guess := closest_key(key := str(err["loc"][-1])))
+        ]
         raise ConfigError(
             f"job spec: {field_errors(e, 'parameters.')}",
-            f"fix the job spec; known parameters: {', '.join(known)} "
-            "(EvalHub aliases: num_few_shot, random_seed, timeout_seconds, parameters)",
+            " ".join(guesses)
+            + (" " if guesses else "")
+            + f"fix the job spec; known parameters: {', '.join(known)} "
+            f"(EvalHub aliases: {', '.join(ALIASES)})",
         ) from None
+    if ignored := [k for k in LIGHTEVAL_KEYS if getattr(params, k) is not None]:
+        log.warning(
+            "parameters %s are lighteval's (pass@k over n samples), not lm_eval's: ignored; "
+            "parameters.repetitions runs the benchmark over several seeds",
+            ", ".join(ignored),
+        )
+    return params
 
 
 def api_base(url: str) -> str:

@@ -9,6 +9,7 @@ the `airgap-eval stage` command that fixes it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapter.metrics import staged_metric
 from common.errors import (
     AuthError,
     ConfigError,
@@ -25,7 +27,8 @@ from common.errors import (
 )
 from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest
-from common.network import StepTimeout, hub_endpoint, run_bounded
+from common.network import PROBE_TIMEOUT_S, StepTimeout, hub_endpoint, run_bounded
+from tasks.code import install_hint
 from tasks.datacheck import (
     TOKENIZER_ITEM,
     Item,
@@ -33,7 +36,6 @@ from tasks.datacheck import (
     find_bundles,
     read_bundles,
     stage_command,
-    tokenizer_dir,
     tokenizer_item,
     tokenizer_load_error,
 )
@@ -41,11 +43,12 @@ from tasks.plan import TaskPlan
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 10.0
 LOGLIKELIHOOD_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
 
 
-def _manifest(test_data: Path) -> Manifest | None:
+def read_manifest(test_data: Path) -> Manifest | None:
+    """manifest.json, read once per run (None when absent or unreadable: the checks then go
+    by the tree itself)."""
     try:
         return Manifest.load(test_data / MANIFEST_NAME)
     except (OSError, ValueError):
@@ -65,10 +68,11 @@ def asset_problems(test_data: Path, plan: TaskPlan) -> list[str]:
                 f"missing nltk data {test_data / NLTK_DIR_NAME}/*/{pkg} (for {_names(needers)})"
             )
     for metric, needers in sorted(plan.evaluate.items()):
-        problems.append(
-            f"task {_names(needers)} loads the metric module {metric!r} from the Hugging "
-            "Face Hub at run time, which an offline run cannot do"
-        )
+        if not staged_metric(test_data, metric).is_file():
+            problems.append(
+                f"missing metric module {staged_metric(test_data, metric)} "
+                f"(evaluate.load({metric!r}) for {_names(needers)})"
+            )
     return problems
 
 
@@ -96,33 +100,37 @@ def check_tree(
     test_data: Path,
     tasks: list[str],
     plan: TaskPlan,
-    tokenizer: str | None,
+    manifest: Manifest | None,
     include_path: list[Path],
     *,
+    tokenizer: str | None,
+    tok_dir: Path,
     need_tokenizer: bool,
 ) -> TreeCheck:
     """The fast half (no heavy import, no data read): every bundle dir, the tokenizer's files
-    and the assets are there; else ONE MissingDataError listing all, with the fix."""
-    manifest = _manifest(test_data)
+    (`tokenizer`: the name asked for; `tok_dir`: where `tokenizer_dir` puts it) and the
+    assets are there; else ONE MissingDataError listing all, with the fix."""
     check = find_bundles(test_data, plan, manifest)
     bad = list(check.problems)
-    tok_dir = tokenizer_dir(test_data, tokenizer, manifest)
     if tokenizer or tok_dir.is_dir() or (manifest and manifest.tokenizer):
         item = tokenizer_item(tok_dir, manifest, load=False)
         bad += [item] if item.status != "ok" else []
     problems = _problem_lines(test_data, bad) + asset_problems(test_data, plan)
     if need_tokenizer and not tokenizer and not tok_dir.is_dir():
-        problems.append(missing_tokenizer(test_data, None))
+        problems.append(missing_tokenizer(test_data, manifest))
     fail_on_problems(problems, _fix(test_data, tasks, bad, manifest, tokenizer, include_path))
     return check
 
 
 def read_data(
-    test_data: Path, tasks: list[str], check: TreeCheck, include_path: list[Path]
+    test_data: Path,
+    tasks: list[str],
+    check: TreeCheck,
+    manifest: Manifest | None,
+    include_path: list[Path],
 ) -> None:
     """The slow half: each bundle loads (once; `check.data` keeps it for the seam) and holds
     the splits its tasks index."""
-    manifest = _manifest(test_data)
     read_bundles(check, manifest)
     bad = check.problems
     if bad:
@@ -130,22 +138,6 @@ def read_data(
             _problem_lines(test_data, bad),
             _fix(test_data, tasks, bad, manifest, None, include_path),
         )
-
-
-def tokenizer_source(test_data: Path, requested: str | None, offline: bool) -> str | None:
-    """The dir (or, online, the HF id) the tokenizer loads from; None when none is staged."""
-    if requested:
-        for candidate in (Path(requested), test_data / requested):
-            if candidate.is_dir():
-                return str(candidate)
-    staged = test_data / TOKENIZER_DIR_NAME
-    manifest = _manifest(test_data)
-    staged_for = manifest.tokenizer if manifest else None
-    if staged.is_dir() and (requested is None or requested == staged_for or staged_for is None):
-        return str(staged)
-    if not offline:
-        return requested
-    return None
 
 
 def online_tokenizer_problem(source: str, timeout_s: float) -> str | None:
@@ -169,15 +161,13 @@ def online_tokenizer_problem(source: str, timeout_s: float) -> str | None:
     return None
 
 
-def missing_tokenizer(test_data: Path, requested: str | None) -> str:
-    manifest = _manifest(test_data)
+def missing_tokenizer(test_data: Path, manifest: Manifest | None) -> str:
     staged = (
         f" (the tree was staged for {manifest.tokenizer})"
         if manifest and manifest.tokenizer
         else ""
     )
-    want = f"tokenizer {requested}" if requested else "a tokenizer"
-    return f"{want} is not staged under {test_data / TOKENIZER_DIR_NAME}{staged}"
+    return f"a tokenizer is not staged under {test_data / TOKENIZER_DIR_NAME}{staged}"
 
 
 def fail_on_problems(problems: list[str], fix: str) -> None:
@@ -187,6 +177,91 @@ def fail_on_problems(problems: list[str], fix: str) -> None:
             f"{len(problems)} item(s) the job needs are missing or unreadable:\n  - {listing}",
             f"on a connected machine: {fix}; then sync that tree to the cluster's storage",
         )
+
+
+def check_packages(missing: dict[str, list[str]]) -> None:
+    """The packages the tasks' Python code imports and this image lacks: one error, naming
+    each package, its tasks and what installs it (lm_eval's extra)."""
+    if not missing:
+        return
+    listed = "; ".join(
+        f"{pkg} (for {_names(tasks)}: {install_hint(pkg)})"
+        for pkg, tasks in sorted(missing.items())
+    )
+    raise ConfigError(
+        f"the tasks' code imports packages this image lacks: {listed}",
+        "run the airgap-eval adapter image (it carries lm-eval's ifeval and math extras), or "
+        "add those packages to this image",
+    )
+
+
+def import_failure(e: ImportError, tasks: list[str]) -> ConfigError:
+    """An import that failed while lm_eval built the tasks (what the static check cannot see:
+    a package present but broken, a version mismatch)."""
+    pkg = (e.name or "").split(".")[0]
+    fix = f"{install_hint(pkg)} into this image" if pkg else "fix the image's packages"
+    return ConfigError(
+        f"building tasks {_names(tasks)} failed on an import: {type(e).__name__}: {str(e)[:300]}",
+        f"{fix}, or run the airgap-eval adapter image",
+    )
+
+
+# --- the chat template -------------------------------------------------------------------
+
+# Where transformers reads a tokenizer's chat templates from (tokenization_utils_base).
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
+
+
+def chat_template_names(tok_dir: Path) -> list[str]:
+    """The chat templates a tokenizer dir holds ("default" for its main one), read from the
+    files transformers loads them from: tokenizer_config.json's `chat_template` (a string, or
+    a list of {name, template}), chat_template.jinja, additional_chat_templates/*.jinja."""
+    names: list[str] = []
+    try:
+        config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(template, str) and template:
+        names.append("default")
+    elif isinstance(template, list):
+        names += [str(t.get("name")) for t in template if isinstance(t, dict) and t.get("name")]
+    if (tok_dir / CHAT_TEMPLATE_FILE).is_file():
+        names.append("default")
+    names += [f.stem for f in sorted((tok_dir / CHAT_TEMPLATE_DIR).glob("*.jinja"))]
+    return list(dict.fromkeys(names))
+
+
+def check_chat_template(tok_dir: Path, wanted: bool | str) -> None:
+    """With the completions endpoint lm_eval renders the chat with the tokenizer's template:
+    one must be staged (and the named one, when a name is asked for)."""
+    names = chat_template_names(tok_dir)
+    name = "default" if wanted is True else str(wanted)
+    if name in names:
+        return
+    if not names:
+        problem = (
+            f"the tokenizer {tok_dir} has no chat template (no `chat_template` in "
+            f"tokenizer_config.json, no {CHAT_TEMPLATE_FILE}), and parameters."
+            "apply_chat_template asks lm_eval to render prompts with it"
+        )
+    elif name == "default":
+        problem = (
+            f"the tokenizer {tok_dir} has only named chat templates ({', '.join(names)}) "
+            "and no default one"
+        )
+    else:
+        problem = (
+            f"the tokenizer {tok_dir} has no chat template named {name!r}; it has: "
+            f"{', '.join(names)}"
+        )
+    raise MissingDataError(
+        problem,
+        "stage the tokenizer of the chat model (its tokenizer_config.json or chat_template.jinja "
+        "carries the template), or set parameters.apply_chat_template to one of the names "
+        "above; or use parameters.model_type=chat, where the server applies its template",
+    )
 
 
 # --- the endpoint ----------------------------------------------------------------------
@@ -359,7 +434,14 @@ def check_tasks(
             "endpoint's completions answer carries none",
             "serve the model with a server that returns echo logprobs (vLLM, TGI, SGLang)",
         )
-    unsafe = sorted(n for n, t in tasks.items() if getattr(t, "UNSAFE_CODE", False))
+    refuse_unsafe(
+        sorted(n for n, t in tasks.items() if getattr(t, "UNSAFE_CODE", False)), allow_code
+    )
+
+
+def refuse_unsafe(unsafe: list[str], allow_code: bool) -> None:
+    """Tasks that execute model-written code (humaneval, mbpp: `unsafe_code: true`) run only
+    where the job allows it."""
     if unsafe and not allow_code:
         raise ConfigError(
             f"tasks {', '.join(unsafe)} execute model-written code",

@@ -89,7 +89,7 @@ class _CountingHook(CacheHook):
 
 
 class ProgressMixin:
-    """Mixed in front of an lm_eval API model class (see adapter/evaluate.py).
+    """Mixed in front of an lm_eval API model class (see adapter/harness.py).
 
     lm_eval passes `disable_tqdm=False` to its bars; None lets tqdm drop them when stderr is
     not a terminal (our progress lines above say the same without carriage returns)."""

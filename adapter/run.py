@@ -1,9 +1,11 @@
 """One `airgap-eval run` job as named steps over one frozen `RunConfig`:
 
-    prepare    spec + parameters + API key, resolved once; offline env before any HF import
+    prepare    spec + parameters + API key, resolved once
+    isolate    offline or online; the HF env before any HF import; the egress guard
     resolve    task names -> leaf tasks, config folders, bundles (once, from the task index)
-    preflight  fast verdict (tree, tokenizer files, assets, endpoint: no heavy import yet),
-               then each bundle loaded once, the tasks built, task/endpoint compatibility
+    preflight  fast verdict (manifest read once, tree, tokenizer files, assets, endpoint: no
+               heavy import yet)
+    load       each bundle loaded once, the tasks built, task/endpoint compatibility, the model
     evaluate   lm_eval's simple_evaluate against the endpoint (request cache on)
     publish    results + samples (redacted), metrics, the SDK's JobResults
 
@@ -15,6 +17,7 @@ endpoint probe waits on the network.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -23,14 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapter import egress, offline, preflight
+from adapter import criteria, egress, offline, preflight
 from adapter.config import RunConfig, Settings, prepare_job, read_job
 from adapter.events import Events, SdkAdapter, job_results, primary_definition
 from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
+from common.atomic import atomic_write
 from common.errors import MissingDataError
-from common.evalhub_metrics import evalhub_metrics, primary_score
+from common.evalhub_metrics import Metrics, evalhub_metrics, primary_score
 from common.logs import register_secret
-from tasks.datacheck import TreeCheck, stage_command
+from tasks.code import missing_packages, unsafe_tasks
+from tasks.datacheck import TreeCheck, stage_command, tokenizer_dir
 from tasks.index import (
     Resolution,
     build_index,
@@ -43,11 +48,13 @@ from tasks.index import (
 from tasks.plan import TaskPlan, plan_tasks
 
 if TYPE_CHECKING:
-    from evalhub.adapter import JobResults
+    from evalhub.adapter import JobResults, JobSpec
+    from lm_eval.loggers import EvaluationTracker
 
-    from adapter.evaluate import BuiltTasks, ModelSettings
+    from adapter.harness import BuiltTasks, ModelSettings
     from adapter.outputs import StatusWriter
     from adapter.progress import RunProgress
+    from common.manifest import Manifest
     from common.status import StatusRecord
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,8 @@ log = logging.getLogger(__name__)
 class Resolved:
     resolution: Resolution
     plan: TaskPlan
+    missing_packages: dict[str, list[str]]  # import name -> tasks whose code imports it
+    unsafe: list[str]  # tasks that execute model-written code
 
 
 @dataclass(frozen=True)
@@ -68,10 +77,22 @@ class Loaded:
 
 
 @dataclass(frozen=True)
-class Prepared:
+class Checked:
+    """What preflight found and decided (`prepare` returns the run's config instead)."""
+
     tokenizer: str | None  # the dir (offline) or HF id (online) lm_eval loads
     endpoint: preflight.Endpoint
     check: TreeCheck | None  # offline: the bundles as found (and then loaded)
+    manifest: Manifest | None  # offline: manifest.json, read once
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One lm_eval run (one per seed with `repetitions`)."""
+
+    seed: int | None
+    results: dict[str, Any]
+    tracker: EvaluationTracker  # holds the samples until publish saves them
 
 
 def _import_heavy() -> None:
@@ -81,7 +102,7 @@ def _import_heavy() -> None:
     with contextlib.suppress(Exception):
         from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
-        from adapter import evaluate  # noqa: F401
+        from adapter import harness  # noqa: F401
 
 
 class Run:
@@ -92,7 +113,6 @@ class Run:
         self.offline = False
         self.events: Events | None = None
         self.results: JobResults | None = None
-        self.tracker: Any = None  # lm_eval's EvaluationTracker, from evaluate to publish
 
     def _phase(self, name: str) -> None:
         self.writer.phase(name)
@@ -117,13 +137,13 @@ class Run:
         self._phase("initializing")
         self.isolate(cfg)
         resolved = self.resolve(cfg)
-        prepared = self.preflight(cfg, resolved)
+        checked = self.preflight(cfg, resolved)
         self._phase("loading_data")
-        loaded = self.load(cfg, resolved, prepared)
+        loaded = self.load(cfg, resolved, checked)
         self._phase("running_evaluation")
-        results = self.evaluate(cfg, loaded)
+        runs = self.evaluate(cfg, loaded)
         self._phase("post_processing")
-        return self.publish(cfg, loaded.settings, results, time.monotonic() - start)
+        return self.publish(cfg, loaded.settings, runs, time.monotonic() - start)
 
     # --- prepare ------------------------------------------------------------------------
 
@@ -160,27 +180,35 @@ class Run:
         # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
         # goes by the manifest's record for them, the seam finds their bundle later.
         plan = plan_tasks(resolution, index, import_classes=False)
-        return Resolved(resolution, plan)
+        return Resolved(
+            resolution,
+            plan,
+            missing_packages(resolution.leaves, index),
+            unsafe_tasks(resolution.leaves, index),
+        )
 
     # --- preflight ----------------------------------------------------------------------
 
-    def preflight(self, cfg: RunConfig, resolved: Resolved) -> Prepared:
+    def preflight(self, cfg: RunConfig, resolved: Resolved) -> Checked:
         s, p = cfg.settings, cfg.params
         names = list(cfg.tasks)
         completions = p.model_type == "completions"
+        preflight.refuse_unsafe(resolved.unsafe, p.allow_code_execution)
+        preflight.check_packages(resolved.missing_packages)
         check: TreeCheck | None = None
+        manifest: Manifest | None = None
         if self.offline:
-            tokenizer = (
-                preflight.tokenizer_source(s.test_data, p.tokenizer, offline=True)
-                if completions
-                else None
-            )
+            manifest = preflight.read_manifest(s.test_data)
+            tok_dir = tokenizer_dir(s.test_data, p.tokenizer, manifest)  # decided here only
+            tokenizer = str(tok_dir) if completions and tok_dir.is_dir() else None
             check = preflight.check_tree(
                 s.test_data,
                 names,
                 resolved.plan,
-                tokenizer or p.tokenizer,
+                manifest,
                 list(cfg.include_path),
+                tokenizer=p.tokenizer,
+                tok_dir=tok_dir,
                 need_tokenizer=completions,
             )
         else:
@@ -192,6 +220,8 @@ class Run:
                     [problem],
                     stage_command(names, s.test_data, p.tokenizer, list(cfg.include_path)),
                 )
+        if completions and p.apply_chat_template and tokenizer and Path(tokenizer).is_dir():
+            preflight.check_chat_template(Path(tokenizer), p.apply_chat_template)
         # The heavy imports run while the test request waits on the network.
         importer = threading.Thread(target=_import_heavy, name="heavy-imports", daemon=True)
         try:
@@ -208,107 +238,168 @@ class Run:
         finally:  # never exit with an import half done on another thread
             if importer.ident is not None:
                 importer.join()
-        return Prepared(tokenizer, endpoint, check)
+        return Checked(tokenizer, endpoint, check, manifest)
 
-    def load(self, cfg: RunConfig, resolved: Resolved, prepared: Prepared) -> Loaded:
+    def load(self, cfg: RunConfig, resolved: Resolved, checked: Checked) -> Loaded:
         """Each bundle loaded once (then served to lm_eval through the seam), tasks built,
         the model (and with it the tokenizer, once) made."""
-        from adapter import evaluate as ev
-        from adapter import seam
+        from adapter import harness, seam
+        from adapter.metrics import install_metrics
         from adapter.progress import RunProgress
 
         s, p = cfg.settings, cfg.params
-        if prepared.check is not None:
+        if checked.check is not None:
             preflight.read_data(
-                s.test_data, list(cfg.tasks), prepared.check, list(cfg.include_path)
+                s.test_data,
+                list(cfg.tasks),
+                checked.check,
+                checked.manifest,
+                list(cfg.include_path),
             )
-            seam.install(s.test_data, prepared.check.data)  # before any task module imports
-        settings = model_settings(cfg, prepared)
+            seam.install(s.test_data, checked.check.data)  # before any task module imports
+            # before the task modules import: humaneval's loads code_eval at import
+            install_metrics(s.test_data, Path(os.environ["HF_MODULES_CACHE"]))
+        settings = model_settings(cfg, checked)
         metadata: dict[str, Any] = {
             "pretrained": cfg.spec.model.name,
-            "tokenizer": prepared.tokenizer,
+            "tokenizer": checked.tokenizer,
             "max_length": settings.max_length,
         } | (p.metadata or {})
-        built = ev.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
-        preflight.check_tasks(built.tasks, p.model_type, prepared.endpoint, p.allow_code_execution)
+        try:
+            built = harness.build_tasks(list(cfg.tasks), resolved.resolution.folders, metadata)
+        except ImportError as e:
+            raise preflight.import_failure(e, list(cfg.tasks)) from None
+        preflight.check_tasks(built.tasks, p.model_type, checked.endpoint, p.allow_code_execution)
         progress = RunProgress()
         self.writer.progress = progress.snapshot
         return Loaded(settings, built, make_model(settings, progress), progress)
 
     # --- evaluate -----------------------------------------------------------------------
 
-    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> dict[str, Any]:
+    def evaluate(self, cfg: RunConfig, loaded: Loaded) -> list[Evaluated]:
+        """One lm_eval run per seed (`repetitions`), each with its own tracker and request
+        cache (a cached answer must not stand in for another seed's sample)."""
         from lm_eval.loggers import EvaluationTracker
 
-        from adapter import evaluate as ev
+        from adapter import harness
 
         s, p = cfg.settings, cfg.params
         cache = loaded.settings.cache_file(s.request_cache_dir(p.cache_dir))
-        log.info("request cache %s_rank0.db (a rerun resumes from it)", cache)
         s.output_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
         limit = cfg.spec.num_examples if cfg.spec.num_examples is not None else p.limit
-        return ev.run(
-            loaded.model,
-            loaded.built,
-            cache=cache,
-            progress=loaded.progress,
-            limit=limit,
-            num_fewshot=p.num_fewshot,
-            seed=p.seed,
-            gen_kwargs=p.gen_kwargs,
-            # a chat endpoint takes messages: lm_eval builds them only with the template on
-            apply_chat_template=p.apply_chat_template or p.model_type == "chat",
-            fewshot_as_multiturn=p.fewshot_as_multiturn,
-            system_instruction=p.system_instruction,
-            log_samples=p.log_samples,
-            bootstrap_iters=p.bootstrap_iters,
-            allow_code=p.allow_code_execution,
-            tracker=self.tracker,
-        )
+        runs = []
+        run_seeds = criteria.seeds(p.seed, p.repetitions)
+        for i, seed in enumerate(run_seeds):
+            db = cache if len(run_seeds) == 1 else f"{cache}-seed{seed}"
+            log.info("request cache %s_rank0.db (a rerun resumes from it)", db)
+            if len(run_seeds) > 1:
+                log.info("repetition %d of %d: seed %s", i + 1, len(run_seeds), seed)
+                # and the sampling seed lm_eval's API model sends with generation requests (one
+                # run keeps its 1234, as plain lm_eval's --seed does)
+                loaded.model._seed = seed
+            tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
+            results = harness.run(
+                loaded.model,
+                loaded.built,
+                cache=db,
+                progress=loaded.progress,
+                limit=limit,
+                num_fewshot=p.num_fewshot,
+                seed=seed,
+                gen_kwargs=p.gen_kwargs,
+                # a chat endpoint takes messages: lm_eval builds them only with the template on
+                apply_chat_template=p.apply_chat_template or p.model_type == "chat",
+                fewshot_as_multiturn=p.fewshot_as_multiturn,
+                system_instruction=p.system_instruction,
+                log_samples=p.log_samples,
+                bootstrap_iters=p.bootstrap_iters,
+                allow_code=p.allow_code_execution,
+                tracker=tracker,
+            )
+            runs.append(Evaluated(seed, results, tracker))
+        return runs
 
     # --- publish ------------------------------------------------------------------------
 
     def publish(
-        self, cfg: RunConfig, settings: ModelSettings, results: dict[str, Any], seconds: float
+        self, cfg: RunConfig, settings: ModelSettings, runs: list[Evaluated], seconds: float
     ) -> JobResults:
-        from adapter import evaluate as ev
+        from adapter import harness
         from adapter.outputs import redact_files
 
-        files = ev.save(
-            results, self.tracker, cfg.settings.output_dir, settings, cfg.params.log_samples
-        )
-        redact_files(files)
-        spec = cfg.spec
-        metrics = evalhub_metrics(results, spec.benchmark_id, list(cfg.tasks))
+        spec, p = cfg.spec, cfg.params
+        per_run: list[tuple[int | None, Metrics, list[str]]] = []
+        files: list[Path] = []
+        for run in runs:
+            written = harness.save(
+                run.results, run.tracker, cfg.settings.output_dir, settings, p.log_samples
+            )
+            redact_files(written)
+            files += written
+            metrics = evalhub_metrics(run.results, spec.benchmark_id, list(cfg.tasks))
+            per_run.append((run.seed, metrics, [f.name for f in written]))
+        metrics = criteria.mean_metrics([m for _, m, _ in per_run])
         self.status.metrics = metrics
         definition = primary_definition(spec, self.events.callbacks) if self.events else None
         self.status.primary_score = primary_score(metrics, definition)
+        if len(runs) > 1:
+            self.status.repetitions = criteria.repetitions_summary(per_run, metrics)
+            log.info(
+                "%d repetitions (seeds %s): EvalHub gets each metric's mean",
+                len(runs),
+                ", ".join(str(r.seed) for r in runs),
+            )
+        self.status.criteria = (
+            criteria.evaluate_criteria(
+                [r.results for r in runs],
+                _main_task(runs[0].results, spec, cfg.tasks),
+                metrics,
+                (p.secondary_metric, p.secondary_threshold),
+                (p.blocking_subtask, p.blocking_subtask_threshold),
+                definition,
+            )
+            or None
+        )
+        for item in self.status.criteria or []:
+            log.warning("%s", criteria.criteria_line(item))
+        artifacts = self.status.collection_artifacts()
+        if artifacts:
+            summary_file = cfg.settings.output_dir / "criteria.json"
+            atomic_write(summary_file, json.dumps(artifacts, indent=1))
+            files.append(summary_file)
         return job_results(
             spec,
             metrics,
             self.status.primary_score,
-            ev.examples_evaluated(results),
+            harness.examples_evaluated(runs[0].results),
             seconds,
             {
                 "results_files": [f.name for f in files],
-                "lm_eval_version": results.get("lm_eval_version") or _version("lm_eval"),
+                "lm_eval_version": runs[0].results.get("lm_eval_version") or _version("lm_eval"),
+                # the SDK sends these as the event's artifacts: EvalHub's job view shows them
+                **({"artifacts": artifacts} if artifacts else {}),
             },
         )
 
 
-def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:
+def _main_task(results: dict[str, Any], spec: JobSpec, tasks: tuple[str, ...]) -> str:
+    """The lm_eval name standing for the benchmark (as common.evalhub_metrics picks it)."""
+    known = results.get("results", {}).keys() | (results.get("group_subtasks") or {}).keys()
+    return spec.benchmark_id if spec.benchmark_id in known else tasks[0]
+
+
+def model_settings(cfg: RunConfig, checked: Checked) -> ModelSettings:
     """The lm_eval API model's settings, from the spec and what the endpoint advertises."""
-    from adapter import evaluate as ev
+    from adapter import harness
 
     p, model = cfg.params, cfg.spec.model
-    return ev.ModelSettings(
+    return harness.ModelSettings(
         name=model.name,
         url=endpoint_url(model.url, p.model_type),
         model_type=p.model_type,
-        tokenizer=prepared.tokenizer,
-        max_length=ev.resolve_max_length(
-            p.max_length, prepared.endpoint.max_model_len, p.model_type
+        tokenizer=checked.tokenizer,
+        max_length=harness.resolve_max_length(
+            p.max_length, checked.endpoint.max_model_len, p.model_type
         ),
         num_concurrent=p.num_concurrent and min(p.num_concurrent, MAX_CONCURRENT),
         # The env's ceiling beats the spec's, as every env setting does (an operator's guard
@@ -326,10 +417,10 @@ def model_settings(cfg: RunConfig, prepared: Prepared) -> ModelSettings:
 
 def make_model(settings: ModelSettings, progress: RunProgress) -> Any:
     """The lm_eval model (it loads the tokenizer: the one load of it in a run)."""
-    from adapter import evaluate as ev
+    from adapter import harness
 
     try:
-        return ev.make_lm(settings, progress)
+        return harness.make_lm(settings, progress)
     except Exception as e:  # transformers raises OSError, ValueError, AttributeError, ...
         if settings.tokenizer is None:
             raise

@@ -20,7 +20,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stage": ("staging.cli:stage_main", "stage datasets + tokenizer for tasks (connected machine)"),
     "verify": ("staging.cli:verify_main", "prove a staged tree covers a job"),
     "slugs": ("staging.cli:slugs_main", "print the slugs (bundle dirs) tasks need"),
-    "demo": ("testbed.demo", "the whole pod locally: SeaweedFS, vLLM, sync -> run -> upload"),
 }
 
 
@@ -43,12 +42,10 @@ NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "stage": ("adapter", ADAPTER_MODULES),
     "verify": ("adapter", ADAPTER_MODULES),
     "slugs": ("adapter", ADAPTER_MODULES),
-    "demo": ("dev", ("testbed", *ADAPTER_MODULES, "tokenizers")),
 }
 _INSTALL_HINT = {
     "adapter": 'pip install "airgap-eval[adapter]", or use the adapter image '
     "(airgap-eval-adapter: `docker build --target adapter`)",
-    "dev": 'in the source checkout: `make setup` (pip install -e ".[dev]")',
 }
 
 
@@ -67,12 +64,6 @@ def missing_extra(command: str) -> ConfigError | None:
     absent = [m for m in modules if _missing(m)]
     if not absent:
         return None
-    if "testbed" in absent:  # never in an image or a wheel install: the demo is the repo's
-        return ConfigError(
-            f"airgap-eval {command} runs from a source checkout: testbed/ (its local servers "
-            "and tiny assets) is not installed here",
-            "clone the airgap-eval repository and run `make demo` in it",
-        )
     return ConfigError(
         f"airgap-eval {command} needs the {extra} extra, which this install lacks "
         f"(no module {', '.join(absent)})",

@@ -237,7 +237,7 @@ from pathlib import Path
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import CachingLM
 from lm_eval.models.openai_completions import LocalCompletionsAPI
-from adapter.evaluate import CompletionsLM
+from adapter.harness import CompletionsLM
 from adapter.progress import RunProgress
 url, tokenizer, kind, n_docs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 rows = json.loads(Path(sys.argv[5]).read_text())[:n_docs]

@@ -96,3 +96,15 @@ class UploadError(AirgapError):
 class Interrupted(AirgapError):
     code = "INTERRUPTED"
     exit_code = ExitCode.INTERRUPTED
+
+
+class AdapterDied(AirgapError):
+    """Recorded in the adapter's status.json when the sidecar finds it dead."""
+
+    code = "ADAPTER_DIED"
+    exit_code = ExitCode.EVALUATION
+
+
+class EgressBlocked(UnreachableError):
+    """Offline, a connection to a host that is not allowed: raised inside the library that
+    tried to connect, and propagates as this type."""

@@ -15,6 +15,8 @@ MANIFEST_NAME = "manifest.json"
 STATE_DIR_NAME = ".airgap-eval"
 BUNDLE_MARKER = "dataset_dict.json"
 TOKENIZER_DIR_NAME = "tokenizer"
+TASKS_DIR_NAME = "tasks"  # custom task YAML folders (stage --include-path DIR -> tasks/<DIR name>)
+EVALUATE_DIR_NAME = "evaluate"  # metric modules evaluate.load fetches: evaluate/<name>/<name>.py
 NLTK_DIR_NAME = "nltk_data"  # staged nltk data: <test_data>/nltk_data/tokenizers/punkt_tab
 STATUS_NAME = "status.json"
 DONE_MARKER = "done"
@@ -49,20 +51,3 @@ def validate_relative_key(rel: str) -> None:
             "outside the destination",
             "remove or rename the object in the bucket",
         )
-
-
-def safe_join(dest: Path, rel: str) -> Path:
-    """Join `rel` under `dest`, refusing anything that resolves outside `dest`.
-
-    The check runs on resolved paths (symlinks followed) with `is_relative_to`: a string
-    prefix check would let `/test_data2` through for `/test_data`.
-    """
-    validate_relative_key(rel)
-    root = dest.resolve()
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root) or target == root:
-        raise UnsafePathError(
-            f"object key {rel!r} resolves to {target}, outside {root} (through a symlink?)",
-            f"remove the symlink inside {root} or rename the object",
-        )
-    return target

@@ -7,22 +7,29 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import AnyStr, TextIO
 
 _secrets: set[str] = set()
-_MIN_SECRET = 4
+_MIN_SECRET = 4  # shorter values would mask ordinary words
 
 
-def register_secret(value: str | None) -> None:
-    """Mask this value in every log line from now on."""
+def register_secret(value: str | None) -> bool:
+    """Mask this value in every log line from now on; False when it is too short to mask."""
     if value and len(value) >= _MIN_SECRET:
         _secrets.add(value)
+        return True
+    return False
 
 
-def redact(text: str) -> str:
-    for s in _secrets:
-        text = text.replace(s, "***")
+def redact(text: AnyStr, secrets: Iterable[AnyStr] | None = None) -> AnyStr:
+    """Each secret (by default every registered one) in `text` masked as ***."""
+    mask = "***" if isinstance(text, str) else b"***"
+    if secrets is None:
+        secrets = _secrets if isinstance(text, str) else {s.encode() for s in _secrets}
+    for s in secrets:
+        text = text.replace(s, mask)
     return text
 
 

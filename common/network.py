@@ -28,7 +28,7 @@ from common.errors import ConfigError
 
 T = TypeVar("T")
 TIMEOUT_ENV = "AIRGAP_EVAL_NETWORK_TIMEOUT"
-DEFAULT_TIMEOUT_S = 60.0
+STEP_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 10.0
 HUB_DEFAULT = "https://huggingface.co"
 
@@ -45,7 +45,7 @@ def network_timeout(flag: float | None = None) -> float:
         raw = os.environ.get(TIMEOUT_ENV, "")
         where = f"{TIMEOUT_ENV}={raw}"
         if not raw:
-            return DEFAULT_TIMEOUT_S
+            return STEP_TIMEOUT_S
     try:
         value = float(raw)
     except ValueError:

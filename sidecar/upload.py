@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.atomic import TMP_SUFFIX
+from common.engine import open_storage
 from common.errors import (
     AirgapError,
     AuthError,
@@ -29,8 +30,9 @@ from common.layout import (
     UPLOADED_MARKER,
     validate_relative_key,
 )
+from common.logs import redact
 from common.manifest import HASH_WORKERS, FileEntry, Manifest, iter_tree
-from common.storage import Copy, Deadline, S3Object, open_storage
+from common.storage import Copy, Deadline, S3Object, folder, s3_uri
 from sidecar.config import UploadConfig
 
 log = logging.getLogger(__name__)
@@ -85,9 +87,7 @@ def _redact_copy(src: Path, dst: Path, secrets: list[bytes]) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with src.open("rb") as fin, dst.open("wb") as fout:
         for line in fin:
-            for s in secrets:
-                line = line.replace(s, b"***")
-            fout.write(line)
+            fout.write(redact(line, secrets))
 
 
 class Scanner:
@@ -145,7 +145,7 @@ class Uploader:
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.cfg.bucket}/{self.key_prefix}/"
+        return s3_uri(self.cfg.bucket, folder(self.key_prefix))
 
     def _key(self, rel: str) -> str:
         return f"{self.key_prefix}/{rel}"
@@ -245,7 +245,7 @@ class Uploader:
                         f"{time.monotonic() - start:.0f} s; last error: {e.message}",
                         f"the files are kept in {self.cfg.results_dir}; when S3 is back run "
                         f"`airgap-eval upload --once --results-dir {self.cfg.results_dir} --dest "
-                        f"s3://{self.cfg.bucket}/{self.cfg.prefix}` (only missing files are sent)",
+                        f"{s3_uri(self.cfg.bucket, self.cfg.prefix)}` (only missing files are sent)",
                     ) from e
                 log.warning(
                     "upload attempt %d failed (%s); retrying in %.0f s",

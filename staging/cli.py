@@ -15,7 +15,7 @@ from common.entry import run_guarded
 from common.errors import ConfigError, IntegrityError, MissingDataError
 from common.layout import STATE_DIR_NAME, STATUS_NAME
 from common.logs import setup_logging
-from common.network import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, network_timeout
+from common.network import STEP_TIMEOUT_S, TIMEOUT_ENV, network_timeout
 from common.status import StatusRecord
 from tasks.index import load_index, resolve_tasks, unknown_tasks_error
 from tasks.plan import TaskPlan, plan_tasks
@@ -106,7 +106,7 @@ def _stage_parser(prog: str) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up an item (dataset, tokenizer, nltk data) after this long without download "
         f"progress; a Hub that cannot be reached fails at once (default ${TIMEOUT_ENV} or "
-        f"{DEFAULT_TIMEOUT_S:.0f})",
+        f"{STEP_TIMEOUT_S:.0f})",
     )
     p.add_argument("--status", type=Path, help="status record path (default DIR/.airgap-eval/)")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -29,20 +29,29 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from common.engine import open_storage
 from common.errors import (
     AirgapError,
+    AuthError,
     ConfigError,
     DeadlineError,
     MissingDataError,
     NotFoundError,
     UnreachableError,
 )
-from common.layout import MANIFEST_NAME, NLTK_DIR_NAME, STATE_DIR_NAME, TOKENIZER_DIR_NAME
+from common.layout import (
+    EVALUATE_DIR_NAME,
+    MANIFEST_NAME,
+    NLTK_DIR_NAME,
+    STATE_DIR_NAME,
+    TASKS_DIR_NAME,
+    TOKENIZER_DIR_NAME,
+)
 from common.logs import register_secret
 from common.manifest import FileEntry, Manifest, entries_for, iter_tree, mismatches
 from common.network import (
-    DEFAULT_TIMEOUT_S,
     PROBE_TIMEOUT_S,
+    STEP_TIMEOUT_S,
     StepTimeout,
     host_of,
     hub_endpoint,
@@ -50,7 +59,7 @@ from common.network import (
     run_bounded,
 )
 from common.s3settings import S3Connection, resolve_connection
-from common.storage import Copy, Deadline, folder, open_storage, parse_s3_uri
+from common.storage import Copy, Deadline, folder, parse_s3_uri
 from tasks.bundles import is_bundle
 from tasks.index import load_index, resolve_tasks, unknown_tasks_error
 from tasks.plan import BundleNeed, plan_tasks
@@ -97,10 +106,51 @@ def _fresh_tmp(out: Path, name: str) -> Path:
     return tmp
 
 
+class GatedError(AuthError):
+    """A gated Hub dataset the Hub would not serve (no HF_TOKEN, or one it refused)."""
+
+    def __init__(self, dataset_path: str, configs: list[str], tasks: list[str]) -> None:
+        self.dataset_path, self.configs, self.tasks = dataset_path, configs, tasks
+        from huggingface_hub import get_token
+
+        hub = hub_endpoint()
+        why = (
+            "the Hub refused HF_TOKEN for it (its terms not accepted by the token's user?)"
+            if get_token()
+            else "no HF_TOKEN is set"
+        )
+        configs_ = f" ({', '.join(configs)})" if configs else ""
+        users = f" for {', '.join(tasks[:3])}" + (" ..." if len(tasks) > 3 else "")
+        super().__init__(
+            f"dataset {dataset_path}{configs_}{users} is gated on the Hub and {why}",
+            f"accept its terms at {hub}/datasets/{dataset_path} while logged in, then set "
+            "HF_TOKEN to a read token of that account and rerun stage",
+        )
+
+
+def merge_gated(errors: list[AirgapError]) -> list[AirgapError]:
+    """One GatedError per dataset (gpqa's three configs share one terms page)."""
+    merged: dict[str, GatedError] = {}
+    out: list[AirgapError] = []
+    for e in errors:
+        if not isinstance(e, GatedError):
+            out.append(e)
+        elif e.dataset_path in merged:
+            first = merged[e.dataset_path]
+            joined = GatedError(e.dataset_path, first.configs + e.configs, first.tasks + e.tasks)
+            out[out.index(first)] = merged[e.dataset_path] = joined
+        else:
+            merged[e.dataset_path] = e
+            out.append(e)
+    return out
+
+
 def _load_error(e: Exception, b: BundleNeed) -> AirgapError:
     what = f"dataset {b.dataset_path!r}" + (f" ({b.dataset_name})" if b.dataset_name else "")
     used_by = f" for {', '.join(b.tasks[:3])}" + (" ..." if len(b.tasks) > 3 else "")
     name = type(e).__name__
+    if name == "DatasetNotFoundError" and "gated dataset" in str(e):
+        return GatedError(b.dataset_path, [b.dataset_name] if b.dataset_name else [], b.tasks)
     if name in ("DatasetNotFoundError", "FileNotFoundError", "EmptyDatasetError"):
         return NotFoundError(
             f"{what}{used_by} not found: {e}",
@@ -275,6 +325,59 @@ class StageResult:
     written: list[str]  # top-level dirs written this run
     skipped: list[str]  # already present and matching the manifest
     failures: list[AirgapError]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+def copy_task_folder(folder: Path, out: Path) -> bool:
+    """A custom task folder (YAMLs, utils) into the tree, where a job's
+    `parameters.include_path` names it: <test_data>/tasks/<folder name>. False when the tree
+    already holds the same files."""
+    target = out / TASKS_DIR_NAME / folder.name
+    if target.is_dir() and _files(target) == _files(folder):
+        return False
+    tmp = _fresh_tmp(out, f"tasks-{folder.name}")
+    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _replace_dir(tmp, target)
+    return True
+
+
+def save_metric(name: str, out: Path) -> None:
+    """A metric module `evaluate.load(name)` fetches (the Hub's evaluate-metric/<name> space:
+    the script and the files it imports), fetched by evaluate itself, then copied to
+    <out>/evaluate/<name>/, where `run` finds it offline."""
+    from evaluate.loading import evaluation_module_factory, init_dynamic_modules
+
+    module = evaluation_module_factory(name, module_type="metric")
+    namespace = name.replace("/", "--") if "/" in name else f"evaluate-metric--{name}"
+    src = Path(init_dynamic_modules()) / "metrics" / namespace / module.hash
+    tmp = _fresh_tmp(out, f"metric-{namespace}")
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
+    target = out / EVALUATE_DIR_NAME / name.rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _replace_dir(tmp, target)
+
+
+def _fetch_metric(name: str, out: Path, timeout: float | None) -> str:
+    try:
+        run_bounded(lambda: save_metric(name, out), timeout or STEP_TIMEOUT_S)
+    except (AirgapError, StepTimeout):
+        raise
+    except Exception as e:  # evaluate raises FileNotFoundError, ConnectionError, HTTPError...
+        if _caused_by_network(e) or isinstance(e, ConnectionError):
+            raise UnreachableError(f"{type(e).__name__}: {_short(e)}") from e
+        raise NotFoundError(
+            f"metric module {name!r}: {type(e).__name__}: {_short(e)}",
+            "check the metric name the task's code passes to evaluate.load",
+        ) from e
+    return "staged"
 
 
 def _load_previous(out: Path) -> Manifest | None:
@@ -511,9 +614,15 @@ def stage(
         for pkg, users in sorted(plan.nltk.items())
         if not (pkg in staged_nltk and any((out / NLTK_DIR_NAME).glob(f"*/{pkg}")))
     ]
-    net = Fetcher(network_timeout, len(todo) + int(tok_todo) + len(nltk_todo))
+    metrics_todo = [
+        (name, users)
+        for name, users in sorted(plan.evaluate.items())
+        if not (previous and name in previous.assets.get("evaluate", []))
+        or not (out / EVALUATE_DIR_NAME / name / f"{name}.py").is_file()
+    ]
+    net = Fetcher(network_timeout, len(todo) + int(tok_todo) + len(nltk_todo) + len(metrics_todo))
     tok_from_hub = tok_todo and not Path(tokenizer).is_dir()
-    net.check_hub(tok_from_hub or any(is_hub_dataset(b) for b in todo))
+    net.check_hub(tok_from_hub or bool(metrics_todo) or any(is_hub_dataset(b) for b in todo))
     if skipped:
         log.info("unchanged since the last run, kept: %s", ", ".join(skipped))
 
@@ -544,16 +653,19 @@ def stage(
         if net.fetch("nltk data", pkg, users, f"nltk's downloads ({NLTK_HOST})", fn):
             staged_nltk.add(pkg)
             written.add(NLTK_DIR_NAME)
-    if plan.evaluate:
-        log.warning(
-            "tasks load metric modules from the Hub at run time (not staged): %s",
-            "; ".join(f"{m} ({', '.join(u[:3])})" for m, u in sorted(plan.evaluate.items())),
-        )
+    staged_metrics = set(previous.assets.get("evaluate", [])) if previous else set()
+    for metric, users in metrics_todo:
+        fn = partial(_fetch_metric, metric, out, network_timeout)
+        if net.fetch("metric module", metric, users, net.hub_source, fn):
+            staged_metrics.add(metric)
+            written.add(EVALUATE_DIR_NAME)
 
     failed_tasks = {t for t, slugs in plan.task_slugs.items() if not done_slugs.issuperset(slugs)}
     task_map = dict(previous.tasks) if previous else {}
     task_map |= {t: s for t, s in plan.task_slugs.items() if t not in failed_tasks}
-    metrics = set(previous.assets.get("evaluate", [])) if previous else set()
+    for task_dir in include_path or []:
+        if copy_task_folder(task_dir, out):
+            written.add(TASKS_DIR_NAME)
     manifest = _build_manifest(
         out,
         previous,
@@ -561,12 +673,12 @@ def stage(
         versions=library_versions(),
         tasks=dict(sorted(task_map.items())),
         tokenizer=staged_tokenizer,
-        assets={"nltk": sorted(staged_nltk), "evaluate": sorted(metrics | set(plan.evaluate))},
+        assets={"nltk": sorted(staged_nltk), "evaluate": sorted(staged_metrics)},
     )
     shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
     manifest.dump(out / MANIFEST_NAME)  # last: its presence means the tree is complete
     network = net.error()
-    failures = ([network] if network else []) + net.errors + failures
+    failures = ([network] if network else []) + merge_gated(net.errors) + failures
     result = StageResult(out, manifest, sorted(written), skipped, failures)
     if failures:
         first = failures[0]
@@ -583,7 +695,7 @@ def stage(
 
 
 def _fetch_nltk(package: str, out: Path, timeout: float | None) -> str:
-    save_nltk(package, out, timeout or DEFAULT_TIMEOUT_S)
+    save_nltk(package, out, timeout or STEP_TIMEOUT_S)
     return "staged"
 
 

@@ -147,15 +147,18 @@ def read_bundles(check: TreeCheck, manifest: Manifest | None) -> None:
 
 
 def tokenizer_dir(test_data: Path, tokenizer: str | None, manifest: Manifest | None) -> Path:
-    """A dir (absolute or under test_data), else the staged tokenizer/ when it was staged
-    from that name (an HF id) or no name was given, else where it would be."""
+    """Where the tokenizer is, or would be (the one rule for run and verify): a dir (absolute
+    or under test_data); else the staged tokenizer/ when no name was given, when it was staged
+    from that name (an HF id), or when it is there and the manifest names no source; else
+    test_data/<name>."""
     staged = test_data / TOKENIZER_DIR_NAME
     if not tokenizer:
         return staged
     for candidate in (Path(tokenizer), test_data / tokenizer):
         if candidate.is_dir():
             return candidate
-    if manifest and manifest.tokenizer == tokenizer:
+    staged_for = manifest.tokenizer if manifest else None
+    if staged_for == tokenizer or (staged_for is None and staged.is_dir()):
         return staged
     return test_data / tokenizer
 

@@ -205,15 +205,37 @@ def resolve_tasks(names: list[str], index: dict[str, Any]) -> Resolution:
     return out
 
 
+# Benchmarks EvalHub's collections name that lm_eval 0.4.13 does not ship (long-context-v1's
+# MRCR tasks): they run as custom tasks.
+NOT_IN_THIS_LM_EVAL = ("mrcr", "mrcr_*")
+
+
 def unknown_tasks_error(unknown: list[str], index: dict[str, Any], custom: str) -> ConfigError:
     """The one error for names that are no task, group or tag (run, stage, verify, slugs):
     each with its close matches. `custom`: how this command takes custom task YAMLs."""
     names = list(index["entries"])
+    later = [n for n in unknown if any(fnmatch.fnmatch(n, p) for p in NOT_IN_THIS_LM_EVAL)]
     listed = []
     for name in unknown:
+        if name in later:
+            continue
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
         listed.append(f"{name} (did you mean {' or '.join(close)}?)" if close else name)
+    parts = [f"unknown task or group name(s): {', '.join(listed)}"] if listed else []
+    if later:
+        parts.append(
+            f"{', '.join(later)}: no such task in lm_eval {index.get('lm_eval', '')} (EvalHub's "
+            "long-context-v1 names it)"
+        )
+    route = (
+        f"{custom} for custom task YAMLs"
+        if not later
+        else "run it as a custom task: its task YAMLs (and utils) in a folder DIR, staged with "
+        "`airgap-eval stage --include-path DIR ...` (which copies DIR to <tree>/tasks/<DIR "
+        "name>), and the job's parameters.include_path: [/test_data/tasks/<DIR name>] "
+        f"({custom} here)"
+    )
     return ConfigError(
-        f"unknown task or group name(s): {', '.join(listed)}",
-        f"check the spelling (`lm_eval ls tasks`), or {custom} for custom task YAMLs",
+        "; ".join(parts),
+        ("check the spelling (`lm_eval ls tasks`), or " if listed else "") + route,
     )

@@ -32,11 +32,26 @@ _NLTK_RE = re.compile(
 _EVALUATE_RE = re.compile(r"""evaluate\.load\(\s*["']([\w/.-]+)["']""")
 
 
+class FunctionRef(str):
+    """A `!function x.y` value: the string `x.y`, and the dir of the YAML that wrote it (lm_eval
+    imports `x` from there)."""
+
+    base: Path | None = None
+
+
 class _ConfigLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """lm_eval's YAML dialect read as data: `!function x.y` stays the string `x.y`."""
+    """lm_eval's YAML dialect read as data: `!function x.y` is a FunctionRef."""
+
+    base: Path | None = None
 
 
-_ConfigLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+def _function_ref(loader: _ConfigLoader, node: yaml.Node) -> FunctionRef:
+    ref = FunctionRef(loader.construct_scalar(node))
+    ref.base = loader.base
+    return ref
+
+
+_ConfigLoader.add_constructor("!function", _function_ref)
 
 
 def read_task_yaml(path: Path, _seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
@@ -44,7 +59,12 @@ def read_task_yaml(path: Path, _seen: frozenset[Path] = frozenset()) -> dict[str
     path = path.resolve()
     if path in _seen:
         raise ConfigError(f"include cycle at {path}", "fix the `include:` keys of the task YAMLs")
-    cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)
+    loader = _ConfigLoader(path.read_text(encoding="utf-8"))
+    loader.base = path.parent
+    try:
+        cfg = loader.get_single_data()
+    finally:
+        loader.dispose()
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path} is not a YAML mapping", "fix the task YAML")
     includes = cfg.pop("include", None)
@@ -123,6 +143,12 @@ def plan_tasks(
     for leaf in resolution.leaves:
         rec = index["entries"].get(leaf.name) or {}
         path, name, data_files = leaf.dataset_path, leaf.dataset_name, leaf.data_files
+        if rec.get("yaml"):  # also for Python-class tasks: squadv2's class loads squad_v2
+            nltk, metrics = _folder_assets(Path(rec["yaml"]).parent)
+            for pkg in nltk:
+                plan.nltk.setdefault(pkg, []).append(leaf.name)
+            for metric in metrics:
+                plan.evaluate.setdefault(metric, []).append(leaf.name)
         if leaf.python_class:
             if not import_classes:
                 plan.classes.append(leaf.name)
@@ -148,10 +174,4 @@ def plan_tasks(
         if not leaf.python_class:  # a class's splits live in its code
             bundle.splits.update(required_splits(cfg))
         plan.task_slugs[leaf.name] = [s]
-        if rec.get("yaml"):
-            nltk, metrics = _folder_assets(Path(rec["yaml"]).parent)
-            for pkg in nltk:
-                plan.nltk.setdefault(pkg, []).append(leaf.name)
-            for metric in metrics:
-                plan.evaluate.setdefault(metric, []).append(leaf.name)
     return plan

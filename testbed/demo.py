@@ -1,4 +1,5 @@
-"""`airgap-eval demo`: the whole pod on this machine, with real parts and the pod's code paths.
+"""`make demo` (`python -m testbed.demo` from the repo root): the whole pod on this machine,
+with real parts and the pod's code paths.
 
 A local S3 server (SeaweedFS) holds staged tiny real-format bundles and a tokenizer; a vLLM
 CPU server serves a tiny random Llama; then `sync` -> `run` -> `upload` run as separate
@@ -196,7 +197,7 @@ def demo(workdir: Path, tasks: list[str], limit: int | None) -> None:
             raise SystemExit(run_code or sidecar_code or 1)
 
 
-def main(argv: list[str], prog: str = "airgap-eval demo") -> int:
+def main(argv: list[str], prog: str = "python -m testbed.demo") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--workdir", type=Path, default=Path(".demo"), help="scratch dir, replaced each run (.demo)"
@@ -217,3 +218,7 @@ def main(argv: list[str], prog: str = "airgap-eval demo") -> int:
         log.error("interrupted: every process the demo started has been stopped")
         return 130
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

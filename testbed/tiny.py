@@ -31,6 +31,13 @@ from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
 from tasks.slugs import slug
 
 EOS = "<|endoftext|>"
+# A chat template in the usual shape (role markers, end of turn, generation prompt). The model
+# dir carries it (vLLM's chat endpoint needs one); the staged tokenizer does not, so tests add
+# it where they need it (`add_chat_template`).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 SEED = 1234
 MAX_LENGTH = 512  # the model's positions and the server's --max-model-len
 
@@ -444,7 +451,14 @@ def build_model(out: Path, tokenizer_dir: Path, seed: int = SEED) -> Path:
     for f in tokenizer_dir.iterdir():
         if f.is_file():
             shutil.copy2(f, out / f.name)
+    add_chat_template(out)
     return out
+
+
+def add_chat_template(tokenizer_dir: Path) -> Path:
+    """chat_template.jinja, where transformers (and so lm_eval and vLLM) reads it from."""
+    (tokenizer_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    return tokenizer_dir
 
 
 def build_model_subprocess(out: Path, tokenizer_dir: Path) -> Path:

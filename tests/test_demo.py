@@ -1,5 +1,5 @@
-"""The README's main command, `airgap-eval demo`, as a user runs it: a real SeaweedFS, a real
-vLLM CPU endpoint, and sync -> run -> upload as separate processes."""
+"""The README's main command, `make demo` (`python -m testbed.demo`), as a user runs it: a
+real SeaweedFS, a real vLLM CPU endpoint, and sync -> run -> upload as separate processes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 from common.errors import ConfigError
 from testbed.modelserver import vllm_python
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 @pytest.mark.e2e
 @pytest.mark.timeout(1200)
@@ -23,8 +25,8 @@ def test_demo_runs_the_pod_and_lands_results_in_s3(tmp_path: Path) -> None:
         pytest.skip(e.one_line())
     workdir = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "airgap_eval", "demo", "--workdir", str(workdir), "--limit", "3"],
-        capture_output=True, text=True, timeout=1100,
+        [sys.executable, "-m", "testbed.demo", "--workdir", str(workdir), "--limit", "3"],
+        capture_output=True, text=True, timeout=1100, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     # No third-party noise in a log that is not a terminal: no progress bars (carriage

@@ -27,3 +27,5 @@ def test_the_wheel_builds_without_deprecation_warnings(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         metadata = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         assert "License-Expression: Apache-2.0" in zf.read(metadata).decode()
+        # the demo's and the tests' local servers are the repo's, not the product's
+        assert not [n for n in zf.namelist() if n.startswith("testbed/")]

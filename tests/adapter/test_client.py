@@ -13,7 +13,7 @@ from lm_eval.api.model import CacheHook
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 
 from adapter import client
-from adapter.evaluate import CompletionsLM
+from adapter.harness import CompletionsLM
 from adapter.progress import RunProgress
 from testbed.gpustub import Config, GpuStub
 

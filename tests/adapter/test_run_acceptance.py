@@ -25,22 +25,25 @@ test_data, work = Path(sys.argv[1]), Path(sys.argv[2])
 tasks = json.loads(sys.argv[3])
 offline.apply(offline.detect(test_data), test_data, work, allow_code=False)
 egress.enable([])
-from adapter import evaluate, preflight, seam
+from adapter import harness, preflight, seam
 from tasks.index import load_index, resolve_tasks
+from tasks.datacheck import tokenizer_dir
 from tasks.plan import plan_tasks
 index = load_index()
 res = resolve_tasks(tasks, index)
 from common.errors import MissingDataError
 problems, loaded = [], {}
 try:
-    check = preflight.check_tree(test_data, tasks, plan_tasks(res, index), None, [],
+    manifest = preflight.read_manifest(test_data)
+    check = preflight.check_tree(test_data, tasks, plan_tasks(res, index), manifest, [],
+                                 tokenizer=None, tok_dir=tokenizer_dir(test_data, None, manifest),
                                  need_tokenizer=False)
-    preflight.read_data(test_data, tasks, check, [])
+    preflight.read_data(test_data, tasks, check, manifest, [])
     loaded = check.data
 except MissingDataError as e:
     problems = [e.message]
 seam.install(test_data, loaded)
-built = evaluate.build_tasks(tasks, res.folders, {})
+built = harness.build_tasks(tasks, res.folders, {})
 docs = {name: len(list(task.eval_docs)) for name, task in built.tasks.items()}
 print(json.dumps({"problems": problems, "docs": docs, "blocked": egress.blocked}))
 """

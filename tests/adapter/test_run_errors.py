@@ -16,7 +16,7 @@ import pytest
 
 from common.errors import ExitCode
 from tests.adapter.conftest import RunResult, write_spec
-from tests.adapter.stub_openai import Fault, stub_server
+from tests.stub_openai import Fault, stub_server
 
 TASKS = ["arc_easy", "gsm8k", "hellaswag", "blimp_adjunct_island"]
 Run = Callable[..., RunResult]

@@ -16,7 +16,7 @@ import pytest
 
 from adapter import egress, offline, seam
 from adapter.outputs import StatusWriter, wait_uploaded, write_done
-from common.errors import MissingDataError
+from common.errors import EgressBlocked, MissingDataError
 from common.status import StatusRecord, read_status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,7 +161,7 @@ def test_egress_to_another_host_fails_at_once_naming_it(guard: None) -> None:
     import requests
 
     start = time.monotonic()
-    with pytest.raises(egress.EgressBlocked) as e:
+    with pytest.raises(EgressBlocked) as e:
         requests.get("https://huggingface.co/api/datasets/openai/gsm8k", timeout=30)
     assert time.monotonic() - start < 2
     assert "huggingface.co:443" in e.value.message

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.config import merge_overrides, parser, resolve
+from adapter.config import merge_overrides, parser, resolve_config
 from adapter.parameters import (
     api_base,
     endpoint_url,
@@ -115,22 +115,26 @@ def test_flags_beat_env_beat_defaults(tmp_path: Path) -> None:
         "AIRGAP_EVAL_OUTPUT_DIR": "/env/out",
         "AIRGAP_EVAL_TERMINAL_EVENTS": "sidecar",
     }
-    cfg = resolve(_args("--output-dir", "/flag/out"), env)
+    cfg = resolve_config(_args("--output-dir", "/flag/out"), env)
     assert cfg.job_spec == spec
     assert cfg.test_data == Path("/env/data")
     assert cfg.output_dir == Path("/flag/out")
     assert cfg.terminal_events == "sidecar"
     assert cfg.request_cache_dir("/spec/cache") == Path("/spec/cache")
-    assert resolve(_args("--cache-dir", "/c"), env).request_cache_dir("/spec/cache") == Path("/c")
+    assert resolve_config(_args("--cache-dir", "/c"), env).request_cache_dir("/spec/cache") == Path(
+        "/c"
+    )
 
 
 def test_a_bad_env_value_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="AIRGAP_EVAL_TERMINAL_EVENTS"):
-        resolve(_args("--tasks", "a", "--model-url", "u"), {"AIRGAP_EVAL_TERMINAL_EVENTS": "both"})
+        resolve_config(
+            _args("--tasks", "a", "--model-url", "u"), {"AIRGAP_EVAL_TERMINAL_EVENTS": "both"}
+        )
 
 
 def test_flag_overrides_merge_into_the_spec() -> None:
-    cfg = resolve(
+    cfg = resolve_config(
         _args(
             "--tasks",
             "arc_easy,gsm8k",

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.adapter.conftest import REPO, write_spec
-from tests.adapter.stub_openai import Fault, stub_server
+from tests.stub_openai import Fault, stub_server
 
 # Counts the files the CLI opens (audit hook), then runs it.
 SCRIPT = """

@@ -21,8 +21,8 @@ import pytest
 from common.errors import ExitCode
 from common.status import read_status
 from tests.adapter.conftest import REPO, write_spec
-from tests.adapter.stub_openai import Fault, stub_server
 from tests.adapter.test_run_errors import _closed_port
+from tests.stub_openai import Fault, stub_server
 
 HEAVY = ("lm_eval", "datasets", "transformers", "torch", "huggingface_hub")
 # Runs the CLI in a fresh interpreter, then reports which heavy modules it imported.

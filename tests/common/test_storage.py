@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from common.engine import open_storage
 from common.errors import AirgapError, AuthError, ConfigError, NotFoundError
-from common.storage import Copy, Deadline, open_storage, parse_s3_uri
+from common.storage import Copy, Deadline, parse_s3_uri
 from testbed.localservers import SeaweedS3
 
 ENGINES = ["s5cmd", "boto3"]

@@ -13,7 +13,7 @@ from common.errors import UnsafePathError
 from common.s3settings import S3Connection
 from common.s5cmd import S5cmdStorage, classify, command_line, error_lines, find_binary
 from common.storage import Copy, Deadline
-from tests.initcontainer.stub_s3 import stub_s3
+from tests.stub_s3 import stub_s3
 
 CONN = S3Connection(endpoint="http://s3.local:9000")
 # What s5cmd 2.3 prints with no credentials on a host where IMDS answers 403: the SDK's

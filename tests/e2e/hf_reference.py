@@ -19,13 +19,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _offline_env(scratch: Path) -> None:
+def offline_env(scratch: Path) -> None:
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[var] = "1"
     os.environ["HF_HOME"] = str(scratch / "hf")
 
 
-def _redirect_load_dataset(test_data: Path) -> None:
+def redirect_load_dataset(test_data: Path) -> None:
     import datasets
 
     sys.path.insert(0, str(REPO))
@@ -55,8 +55,8 @@ def main() -> int:
     ap.add_argument("--gen-kwargs", type=json.loads, help="JSON, as the job spec's gen_kwargs")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    _offline_env(Path(tempfile.mkdtemp(prefix="hf-reference-")))
-    _redirect_load_dataset(args.test_data)
+    offline_env(Path(tempfile.mkdtemp(prefix="hf-reference-")))
+    redirect_load_dataset(args.test_data)
 
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.utils import handle_non_serializable

@@ -5,10 +5,12 @@ local runtime command is ours. Jobs go in and are read back through its REST API
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,15 @@ def binary(version: str) -> Path:
 
 
 class EvalHubServer:
-    def __init__(self, version: str, root: Path, providers: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        version: str,
+        root: Path,
+        providers: list[dict[str, Any]],
+        collections: Sequence[Path] = (),
+    ) -> None:
         self.version, self.root, self.providers = version, root, providers
+        self.collections = list(collections)  # EvalHub's collection YAML files, as they are
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "eval-hub.log"
@@ -55,6 +64,10 @@ class EvalHubServer:
             (cfg / "providers" / f"{provider['id']}.yaml").write_text(
                 json.dumps(provider, indent=1)
             )
+        if self.collections:
+            (cfg / "collections").mkdir(exist_ok=True)
+            for path in self.collections:
+                shutil.copy(path, cfg / "collections" / path.name)
         return cfg
 
     def start(self, ready_s: float = 30.0) -> EvalHubServer:

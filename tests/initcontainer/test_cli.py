@@ -23,7 +23,7 @@ from initcontainer.state import status_path
 from testbed.localservers import SeaweedS3, free_port
 from tests.httpstub import serving
 from tests.initcontainer.conftest import put_tree, run_cli, tree
-from tests.initcontainer.stub_s3 import stub_s3
+from tests.stub_s3 import stub_s3
 
 
 def _env(server: SeaweedS3, bucket: str, prefix: str = "data", **extra: str) -> dict[str, str]:

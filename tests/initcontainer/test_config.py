@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
 from common.errors import ConfigError
-from initcontainer.config import DEFAULT_TIMEOUT_S, parse_duration, resolve_config
+from initcontainer.config import SYNC_TIMEOUT_S, parse_duration, parser, resolve_config
 
 
 def _secrets(d: Path, **files: str) -> Path:
@@ -18,6 +19,14 @@ def _secrets(d: Path, **files: str) -> Path:
 
 
 BASE_ENV = {"TEST_DATA_S3_BUCKET": "env-bucket", "TEST_DATA_S3_KEY": "env/prefix/"}
+
+
+def _args(secret_dir: Path | None = None, **flags: object) -> argparse.Namespace:
+    """The parsed flags, as `airgap-eval sync` would pass them (no secret dir by default)."""
+    args = parser("airgap-eval sync").parse_args([])
+    for name, value in {"secret_dir": secret_dir, **flags}.items():
+        setattr(args, name, value)
+    return args
 
 
 @pytest.mark.parametrize(
@@ -50,7 +59,7 @@ def test_precedence(
     flags: dict[str, str], expect: dict[str, object],
 ) -> None:  # fmt: skip
     cfg = resolve_config(
-        env=BASE_ENV | env, secret_dir=_secrets(tmp_path / "secrets", **secret_files), **flags
+        _args(_secrets(tmp_path / "secrets", **secret_files), **flags), BASE_ENV | env
     )
     got = {
         "endpoint": cfg.conn.endpoint, "access_key": cfg.conn.access_key,
@@ -74,11 +83,11 @@ def test_bad_durations(raw: str) -> None:
 
 
 def test_timeout_sources() -> None:
-    assert resolve_config(env=BASE_ENV).timeout_s == DEFAULT_TIMEOUT_S
-    assert resolve_config(env=BASE_ENV | {"TEST_DATA_S3_TIMEOUT": "2m"}).timeout_s == 120
+    assert resolve_config(_args(), BASE_ENV).timeout_s == SYNC_TIMEOUT_S
+    assert resolve_config(_args(), BASE_ENV | {"TEST_DATA_S3_TIMEOUT": "2m"}).timeout_s == 120
     both = BASE_ENV | {"TEST_DATA_S3_TIMEOUT": "2m", "TEST_DATA_DOWNLOAD_TIMEOUT": "3m"}
-    assert resolve_config(env=both).timeout_s == 180
-    assert resolve_config(env=both, timeout="5").timeout_s == 5
+    assert resolve_config(_args(), both).timeout_s == 180
+    assert resolve_config(_args(timeout="5"), both).timeout_s == 5
 
 
 @pytest.mark.parametrize(
@@ -94,4 +103,4 @@ def test_timeout_sources() -> None:
 )
 def test_bad_config(env: dict[str, str], flags: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        resolve_config(env=env, secret_dir=None, **flags)  # type: ignore[arg-type]
+        resolve_config(_args(**flags), env)

@@ -223,3 +223,53 @@ def test_an_unknown_task_is_config_with_close_matches(tmp_path: Path, args: list
     assert "airgap-eval stage" not in lines[0]  # not a missing-data fix
     assert seconds < 15
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+class _GatedHub(BaseHTTPRequestHandler):
+    """The Hub's answer for a gated repo: 401 without a token, 403 for a token whose user has
+    not accepted the terms (X-Error-Code: GatedRepo, as huggingface.co sends)."""
+
+    auth: list[str]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        token = self.headers.get("Authorization")
+        self.auth.append(token or "")
+        body = b'{"error": "Access to dataset Idavidrein/gpqa is restricted."}'
+        self.send_response(403 if token else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Error-Code", "GatedRepo")
+        self.send_header("X-Error-Message", "Access to dataset Idavidrein/gpqa is restricted.")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = _answer
+
+
+@pytest.mark.parametrize("token", [None, "hf_gated_test_secret"])
+def test_a_gated_dataset_ends_with_one_auth_line(tmp_path: Path, token: str | None) -> None:
+    from testbed.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(tmp_path / "tok")
+    auth: list[str] = []
+    with serving(type("Hub", (_GatedHub,), {"auth": auth})) as port:
+        hub = f"http://127.0.0.1:{port}"
+        proc, _ = _stage(
+            tmp_path, hub, "--tokenizer", str(tokenizer), tasks=["leaderboard_gpqa"],
+            env={"HF_TOKEN": token} if token else None,
+        )  # fmt: skip
+    assert proc.returncode == ExitCode.AUTH, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert "[AUTH]" in lines[-1] and sum("[AUTH]" in line for line in lines) == 1
+    last = lines[-1]
+    assert "dataset Idavidrein/gpqa (gpqa_diamond, gpqa_extended, gpqa_main)" in last
+    assert f"{hub}/datasets/Idavidrein/gpqa" in last and "HF_TOKEN" in last
+    assert ("no HF_TOKEN is set" in last) == (token is None)
+    assert "Traceback" not in proc.stderr
+    if token:
+        assert f"Bearer {token}" in auth  # stage sent the token
+        assert token not in proc.stderr + proc.stdout

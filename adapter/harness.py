@@ -164,7 +164,7 @@ def run(
     num_fewshot: int | None,
     seed: int | None,
     gen_kwargs: dict[str, Any] | None,
-    apply_chat_template: bool,
+    apply_chat_template: bool | str,
     fewshot_as_multiturn: bool | None,
     system_instruction: str | None,
     log_samples: bool,
