@@ -119,7 +119,13 @@ VOLUME ["/test_data", "/results"]
 # ---------------------------------------------------------------------------------------------
 FROM runtime AS initcontainer
 LABEL org.opencontainers.image.title="airgap-eval-init" \
-      org.opencontainers.image.description="Sync an S3 prefix into /test_data: s5cmd, verified, resumable"
+      org.opencontainers.image.description="Sync an S3 prefix or a git ref into /test_data: verified, resumable"
+# git itself fetches git test data (TEST_DATA_GIT_URL): smart HTTP, shallow, TLS with the
+# system CAs; Debian's build, without the recommended perl, ssh and man pages.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=venv-init /opt/airgap-eval /opt/airgap-eval
 USER 1001:0
 ENTRYPOINT ["dumb-init", "--", "airgap-eval", "sync"]

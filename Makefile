@@ -5,7 +5,7 @@ VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-vllm setup-evalhub images demo test lint pytest bench
+.PHONY: setup setup-vllm setup-evalhub setup-mlflow images demo test lint pytest bench
 
 # pip's own output stays on (no -q): a first install is minutes, and it shows what it is doing.
 $(BIN)/airgap-eval: pyproject.toml
@@ -43,6 +43,18 @@ $(EVALHUB_DIR)/%/bin/eval-hub: | $(BIN)/airgap-eval
 
 setup-evalhub: $(foreach v,$(EVALHUB_VERSIONS),$(EVALHUB_DIR)/$(v)/bin/eval-hub)
 
+# MLflow's tracking server for the export tests (tests/exports): its own venv, as it pins its
+# own pandas, numpy and sqlalchemy; our images never carry it (the SDK's REST client logs).
+MLFLOW_VENV ?= .venv-mlflow
+$(MLFLOW_VENV)/.installed:
+	@echo "==> $(MLFLOW_VENV): the MLflow tracking server for the tests (~80 packages, 1-2 min)"
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(MLFLOW_VENV)/bin/pip install mlflow==3.17.2
+	touch $@
+
+setup-mlflow: $(MLFLOW_VENV)/.installed
+
 demo: setup setup-vllm
 	$(BIN)/python -m testbed.demo
 
@@ -58,7 +70,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 # The venv's bin first on PATH, as after `activate`: tests start `weed`, `aws`, `airgap-eval`.
-pytest: setup setup-vllm setup-evalhub images
+pytest: setup setup-vllm setup-evalhub setup-mlflow images
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test: lint pytest

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None, prog: str = "airgap-eval run") -> int:
     run = Run(settings, status, writer)
     code = run_guarded(run.execute, status, writer.path)
     if run.events is not None:
-        run.events.finish(status, run.results)
+        run.events.finish(status, run.results, settings.output_dir)
     try:
         write_done(settings.output_dir, code)
     except OSError as e:

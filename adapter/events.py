@@ -5,12 +5,17 @@ the adapter sends only the non-terminal phases and the sidecar sends completed/f
 the upload; with the default `adapter` the adapter also sends the terminal event (results
 through `report_results`). No event is sent twice. Without a `callback_url` nothing is sent.
 The SDK logs and swallows delivery failures: a lost event never fails the job.
+
+The terminal event's owner also does the job's exports (common.exports): with the default
+`adapter` (alone, e.g. under EvalHub's own init container and sidecar proxy) the adapter pushes
+the OCI artifact and logs the MLflow run before its terminal event; with `sidecar` ours does.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from evalhub.adapter import (
@@ -26,7 +31,11 @@ from evalhub.adapter import (
     MessageInfo,
 )
 
+from common.atomic import TMP_SUFFIX
 from common.evalhub_metrics import PrimaryDefinition, evaluation_results, overall_score
+from common.exports import Exports
+from common.layout import DONE_MARKER, UPLOADED_MARKER
+from common.manifest import iter_tree
 from common.status import StatusRecord
 
 log = logging.getLogger(__name__)
@@ -57,6 +66,7 @@ class SdkAdapter(FrameworkAdapter):
 class Events:
     def __init__(self, adapter: SdkAdapter, terminal: TerminalOwner) -> None:
         self.terminal = terminal
+        self.spec = adapter.job_spec
         self.callbacks = DefaultCallbacks.from_adapter(adapter)
         self.enabled = bool(adapter.job_spec.callback_url)  # else nothing is sent
 
@@ -66,11 +76,20 @@ class Events:
                 JobStatusUpdate(status=JobStatus.RUNNING, phase=_PHASES[phase])
             )
 
-    def finish(self, status: StatusRecord, results: JobResults | None) -> None:
-        if not self.enabled or self.terminal != "adapter":
+    def finish(self, status: StatusRecord, results: JobResults | None, output_dir: Path) -> None:
+        if self.terminal != "adapter":
             return
-        if status.state == "completed" and results is not None:
-            self.callbacks.report_results(results)
+        exports = Exports(self.spec, self.callbacks)
+        files = result_files(output_dir) if self.spec.exports else {}
+        completed = results if status.state == "completed" else None
+        if completed is not None:
+            exports.apply(completed, files)
+        else:
+            exports.oci(files)
+        if not self.enabled:
+            return
+        if completed is not None:
+            self.callbacks.report_results(completed)
         elif status.error is not None:
             self.callbacks.report_status(
                 JobStatusUpdate(
@@ -82,6 +101,16 @@ class Events:
                     ),
                 )
             )
+
+
+def result_files(output_dir: Path) -> dict[str, Path]:
+    """What the run left for people (results, samples, logs, status.json), not the markers."""
+    return {
+        p.relative_to(output_dir).as_posix(): p
+        for p in iter_tree(output_dir)
+        if not (p.parent == output_dir and p.name in (DONE_MARKER, UPLOADED_MARKER))
+        and not p.name.endswith(TMP_SUFFIX)
+    }
 
 
 def primary_definition(spec: JobSpec, callbacks: DefaultCallbacks) -> PrimaryDefinition | None:

@@ -14,6 +14,8 @@ from common.errors import ConfigError
 from common.layout import DEFAULT_TEST_DATA
 from common.s3settings import TEST_DATA_SECRET_DIR, S3Connection, resolve_connection
 from common.storage import folder, s3_uri
+from initcontainer.git import GIT_METADATA, GitSource, resolve_git
+from initcontainer.git import TIMEOUT_ENV as GIT_TIMEOUT_ENV
 
 # EvalHub's default download timeout (service.test_data_ref.download_timeout).
 SYNC_TIMEOUT_S = 600.0
@@ -62,8 +64,9 @@ def parse_duration(name: str, raw: str) -> float:
 def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Sync an S3 prefix (a folder) into a local directory: parallel, "
-        "verified against manifest.json when the prefix holds one, resumable.",
+        description="Sync an S3 prefix (a folder), or with TEST_DATA_GIT_URL a git ref's "
+        "sub-path, into a local directory: verified against manifest.json when the source "
+        "holds one, resumable.",
     )
     p.add_argument("--bucket", help="bucket (default: env TEST_DATA_S3_BUCKET)")
     p.add_argument("--prefix", help="folder in the bucket (default: env TEST_DATA_S3_KEY)")
@@ -87,8 +90,33 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--engine", choices=ENGINES, default="auto", help="auto: s5cmd if found, else boto3"
     )
+    p.add_argument(
+        "--git-metadata",
+        type=Path,
+        default=GIT_METADATA,
+        help="git source: where the resolved commit is written for EvalHub's sidecar "
+        "(default: %(default)s)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def resolve_git_source(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> GitSource:
+    """The git source (TEST_DATA_GIT_URL is set): its timeout is --timeout, else
+    TEST_DATA_GIT_TIMEOUT, else the unified download timeout, else 10m."""
+    env = os.environ if env is None else env
+    timeout_s = SYNC_TIMEOUT_S
+    if args.timeout:
+        timeout_s = parse_duration("--timeout", args.timeout)
+    else:
+        for name in (GIT_TIMEOUT_ENV, TIMEOUT_ENVS[0]):
+            if raw := env.get(name, "").strip():
+                timeout_s = parse_duration(name, raw)
+                break
+    source = resolve_git(env, args.dest or DEFAULT_TEST_DATA, args.secret_dir, timeout_s,
+                         args.git_metadata)  # fmt: skip
+    assert source is not None  # the caller checked TEST_DATA_GIT_URL
+    return source
 
 
 def resolve_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> SyncConfig:

@@ -20,6 +20,8 @@ from sidecar.upload import Uploader
 from sidecar.watch import Outcome, StopFlag, observe, read_done
 
 if TYPE_CHECKING:
+    from evalhub.adapter import JobResults
+
     from sidecar.report import Reporter
 
 log = logging.getLogger(__name__)
@@ -128,14 +130,52 @@ def _record_death(cfg: UploadConfig, outcome: Outcome) -> AdapterDied:
     return error
 
 
+def _exports(
+    cfg: UploadConfig, reporter: Reporter | None, uploader: Uploader, outcome: Outcome
+) -> JobResults | None:
+    """The job's OCI artifact (whatever the results dir holds, also after a death: the files
+    S3 received, redacted ones included) and, for a completed job, its MLflow run; then the
+    JobResults of the completed event (None when the adapter did not complete)."""
+    spec, status = cfg.job_spec, outcome.status
+    if spec is None:
+        return None
+    from common.exports import Exports, callback_settings
+    from sidecar.report import completed_results
+
+    exports: Exports | None = None
+    if reporter is not None:
+        exports = Exports(spec, reporter.callbacks)
+    elif spec.exports or spec.experiment_name:
+        from evalhub.adapter import DefaultCallbacks
+
+        callbacks = DefaultCallbacks(
+            job_id=spec.id, benchmark_id=spec.benchmark_id, provider_id=spec.provider_id,
+            benchmark_index=spec.benchmark_index, **callback_settings(),
+        )  # fmt: skip
+        exports = Exports(spec, callbacks)
+    completed = outcome.kind == "finished" and status is not None and status.state == "completed"
+    results = completed_results(spec, status, uploader.uri) if completed and status else None
+    if exports is not None and (results is not None or spec.exports):
+        files = {rel: f.source for rel, f in uploader.scanner.scan().items()}
+        if results is not None:
+            exports.apply(results, files, uploader.manifest_body())
+        else:
+            exports.oci(files, uploader.manifest_body())
+    return results
+
+
 def _report_outcome(
-    reporter: Reporter, outcome: Outcome, uri: str, deadline: Callable[[], float]
+    reporter: Reporter,
+    outcome: Outcome,
+    results: JobResults | None,
+    uri: str,
+    deadline: Callable[[], float],
 ) -> None:
     from evalhub.models.api import MessageOrigin
 
     status = outcome.status
-    if outcome.kind == "finished" and status is not None and status.state == "completed":
-        reporter.completed(status, uri, deadline)
+    if results is not None:
+        reporter.completed(results, deadline)
     elif outcome.kind == "finished" and status is not None:
         err = status.error
         text = (
@@ -215,9 +255,11 @@ def upload(args: argparse.Namespace, record: StatusRecord) -> None:
         )  # fmt: skip
         if outcome.status is not None:
             record.primary_score = outcome.status.primary_score
+        record.phase = "exporting"
+        results = _exports(cfg, reporter, uploader, outcome)
         if reporter:
             record.phase = "reporting"
-            _report_outcome(reporter, outcome, uploader.uri, deadline)
+            _report_outcome(reporter, outcome, results, uploader.uri, deadline)
 
 
 def main(argv: list[str], prog: str = "airgap-eval upload") -> int:

@@ -22,6 +22,7 @@ from evalhub.adapter.settings import AdapterSettings
 from evalhub.models.api import JobPhase, JobStatus, MessageOrigin
 
 from common.evalhub_metrics import evaluation_results, overall_score
+from common.exports import callback_settings
 from common.status import StatusRecord
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Reporter:
             auth_token_path=settings.auth_token_path,
             ca_bundle_path=settings.ca_bundle_path,
             primary_score=spec.primary_score,
+            **callback_settings(),  # the OCI and MLflow exports go through these callbacks
         )
 
     def _post(self, send: Callable[[], None], what: str, deadline: Callable[[], float]) -> bool:
@@ -97,26 +99,7 @@ class Reporter:
             self.sent_marker.parent.mkdir(parents=True, exist_ok=True)
             self.sent_marker.write_text(what)
 
-    def completed(
-        self, status: StatusRecord, results_uri: str, deadline: Callable[[], float]
-    ) -> None:
-        examples = status.progress.get("num_examples_evaluated")
-        results = JobResults(
-            id=self.spec.id,
-            benchmark_id=self.spec.benchmark_id,
-            benchmark_index=self.spec.benchmark_index,
-            model_name=self.spec.model.name,
-            # status.json's metrics are already EvalHub's names (common.evalhub_metrics).
-            results=evaluation_results(status.metrics),
-            overall_score=overall_score(status.primary_score),
-            num_examples_evaluated=examples if isinstance(examples, int) else 0,
-            duration_seconds=status.seconds or 0.0,
-            evaluation_metadata={
-                "artifacts": {"results_s3_uri": results_uri, **status.collection_artifacts()}
-            },
-            # Set, so the SDK does not capture the sidecar's own environment as the run's.
-            env_card=EnvironmentCardMetadata(framework_name="lm-evaluation-harness"),
-        )
+    def completed(self, results: JobResults, deadline: Callable[[], float]) -> None:
         self._terminal(lambda: self.callbacks.report_results(results), "completed event", deadline)
 
     def failed(
@@ -127,3 +110,24 @@ class Reporter:
             error_message=MessageInfo(message=message, message_code=code, message_origin=origin),
         )
         self._terminal(lambda: self.callbacks.report_status(update), "failed event", deadline)
+
+
+def completed_results(spec: JobSpec, status: StatusRecord, results_uri: str) -> JobResults:
+    """What EvalHub (and MLflow) receive for a completed job, from the adapter's record."""
+    examples = status.progress.get("num_examples_evaluated")
+    return JobResults(
+        id=spec.id,
+        benchmark_id=spec.benchmark_id,
+        benchmark_index=spec.benchmark_index,
+        model_name=spec.model.name,
+        # status.json's metrics are already EvalHub's names (common.evalhub_metrics).
+        results=evaluation_results(status.metrics),
+        overall_score=overall_score(status.primary_score),
+        num_examples_evaluated=examples if isinstance(examples, int) else 0,
+        duration_seconds=status.seconds or 0.0,
+        evaluation_metadata={
+            "artifacts": {"results_s3_uri": results_uri, **status.collection_artifacts()}
+        },
+        # Set, so the SDK does not capture the sidecar's own environment as the run's.
+        env_card=EnvironmentCardMetadata(framework_name="lm-evaluation-harness"),
+    )

@@ -159,6 +159,10 @@ class Uploader:
         except ValueError:
             return {}  # unreadable manifest: trust nothing, compare everything
 
+    def manifest_body(self) -> bytes | None:
+        """Our manifest as S3 holds it (the OCI export carries the same bytes)."""
+        return self.storage.read_object(self._key(MANIFEST_NAME))
+
     def prepare(self) -> None:
         """While the adapter runs: pay for the client and the remote manifest now, not after
         the terminal status. S3 being down here is no error: the final pass retries."""

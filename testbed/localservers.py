@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.s3settings import S3Connection
+from testbed.registrytoken import TokenService
 
 _WEED_PORTS = (
     "s3.port",
@@ -209,6 +211,138 @@ class SeaweedS3:
             self.proc.wait()
 
     def __enter__(self) -> SeaweedS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class OciRegistry:
+    """Debian's `docker-registry` (distribution 2.8, the reference OCI registry) on 127.0.0.1
+    over plain HTTP, with token auth: a small token service (testbed.registrytoken) checks
+    the basic credentials and signs the bearer token the registry verifies, the flow of
+    OpenShift's internal registry, Quay and Harbor. (eval-hub-sdk's persister uses oras-py's
+    token backend, which cannot answer an htpasswd registry's Basic challenge.)"""
+
+    workdir: Path
+    username: str = "airgap-oci"
+    password: str = "airgap-oci-secret"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    tokens: TokenService | None = None
+
+    @property
+    def host(self) -> str:
+        """host:port, as an OCI reference and `exports.oci.coordinates.oci_host` name it."""
+        return f"127.0.0.1:{self.port}"
+
+    def docker_config(self, path: Path, password: str | None = None) -> Path:
+        """A dockerconfigjson for this registry (what OCI_AUTH_CONFIG_PATH points at)."""
+        token = base64.b64encode(f"{self.username}:{password or self.password}".encode())
+        path.write_text(json.dumps({"auths": {self.host: {"auth": token.decode()}}}))
+        return path
+
+    def start(self, ready_s: float = 20.0) -> OciRegistry:
+        exe = shutil.which("docker-registry")
+        if exe is None:
+            raise RuntimeError("`docker-registry` not found: apt-get install docker-registry")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tokens = TokenService(self.workdir / "token", self.username, self.password).start()
+        self.port = self.port or free_port()
+        # JSON is YAML: the registry reads this as its config.yml.
+        config = {
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {"filesystem": {"rootdirectory": str(self.workdir / "data")}},
+            "http": {"addr": self.host, "secret": "airgap-test"},
+            "auth": {"token": self.tokens.registry_config()},
+        }
+        (self.workdir / "config.yml").write_text(json.dumps(config))
+        log = (self.workdir / "registry.log").open("ab")
+        self.proc = subprocess.Popen(
+            [exe, "serve", str(self.workdir / "config.yml")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        wait_for_port(self.port, ready_s, self.proc)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        if self.tokens is not None:
+            self.tokens.stop()
+
+    def __enter__(self) -> OciRegistry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+MLFLOW_PYTHON_ENV = "AIRGAP_MLFLOW_PYTHON"
+
+
+def mlflow_python() -> Path:
+    """The interpreter that has `mlflow` (its own venv: `make setup-mlflow`)."""
+    repo = Path(__file__).resolve().parent.parent
+    python = Path(os.environ.get(MLFLOW_PYTHON_ENV) or repo / ".venv-mlflow" / "bin" / "python")
+    if not python.is_file():
+        raise RuntimeError(
+            f"no MLflow python at {python}: run `make setup-mlflow` or set {MLFLOW_PYTHON_ENV}"
+        )
+    return python
+
+
+@dataclass
+class MlflowServer:
+    """`mlflow server` (PyPI) on 127.0.0.1: sqlite backend, artifacts served by the server."""
+
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """What MLFLOW_TRACKING_URI gets."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_s: float = 120.0) -> MlflowServer:
+        python = mlflow_python()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = [
+            str(python), "-m", "mlflow", "server", "--host", "127.0.0.1",
+            "--port", str(self.port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
+            "--artifacts-destination", str(self.workdir / "artifacts"),
+        ]  # fmt: skip
+        log = (self.workdir / "mlflow.log").open("ab")
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+        wait_for_port(self.port, ready_s, self.proc)
+        self._wait_ready(ready_s)
+        return self
+
+    def _wait_ready(self, ready_s: float) -> None:
+        import urllib.request
+
+        end = time.monotonic() + ready_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        stop_process(self.proc, group=True)
+
+    def __enter__(self) -> MlflowServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

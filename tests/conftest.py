@@ -1,7 +1,8 @@
 """Shared fixtures: a real S3 server (SeaweedFS) for the session, a fresh bucket per test,
 the real benchmark rows in ../shared/benchmarks when present, and for the e2e and pod tests
 the tiny assets (built once) and one vLLM CPU server serving the tiny model (started once;
-never two at a time on a small machine)."""
+never two at a time on a small machine); for the exports and git test data an OCI registry
+(token auth), an MLflow tracking server and a git smart-HTTP server, each started once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from testbed.localservers import SeaweedS3
+from testbed.gitserver import GitHttpServer
+from testbed.localservers import MlflowServer, OciRegistry, SeaweedS3
 from testbed.modelserver import VLLMServer, vllm_python
 from testbed.tiny import TinyAssets, build_all, read_only
 
@@ -71,4 +73,22 @@ def vllm_server(
 ) -> Iterator[VLLMServer]:
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
     with VLLMServer(tiny_assets.model, log_path=log) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    with OciRegistry(tmp_path_factory.mktemp("registry")) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitHttpServer]:
+    with GitHttpServer(tmp_path_factory.mktemp("git")) as server:
         yield server

@@ -15,7 +15,7 @@ from common.errors import ExitCode
 from common.layout import TASKS_DIR_NAME, TOKENIZER_DIR_NAME
 from staging.stage import stage
 from tests.adapter.conftest import REPO, RunResult, write_spec
-from tests.adapter.stub_openai import Fault, stub_server
+from tests.stub_openai import Fault, stub_server
 
 # A stand-in for MRCR under the name EvalHub sends: a multiple-choice task over local rows.
 CUSTOM = """task: mrcr_2needle

@@ -25,8 +25,8 @@ from common.errors import ExitCode
 from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest, build_manifest
 from tests.adapter.conftest import REPO, RunResult, write_spec
-from tests.adapter.stub_openai import Fault, stub_server
 from tests.httpstub import serving
+from tests.stub_openai import Fault, stub_server
 
 Run = Callable[..., RunResult]
 

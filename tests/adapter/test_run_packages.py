@@ -15,7 +15,7 @@ from common.errors import ExitCode
 from tasks.code import install_hint, missing_packages
 from tasks.index import load_index, resolve_tasks
 from tests.adapter.conftest import REPO, RunResult, write_spec
-from tests.adapter.stub_openai import Fault, stub_server
+from tests.stub_openai import Fault, stub_server
 
 # An install without these packages: a meta-path finder that refuses them, as an image
 # without lm-eval's ifeval/math extras would.

@@ -136,7 +136,7 @@ def write_secret_dirs(root: Path, values: dict[str, dict[str, str]]) -> dict[str
             for key in keys:
                 (d / key).write_text(given[key])
                 os.chown(d / key, owner, group)
-                (d / key).chmod(modes[name])
+                (d / key).chmod(modes.get(name, 0o440))  # a Secret this pod does not mount
         dirs[name] = d
     return dirs
 

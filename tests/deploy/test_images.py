@@ -6,9 +6,11 @@ transformers or torch (the adapter carries the first three, never torch)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from testbed.gitserver import GitHttpServer
 from tests.deploy.dockerfile import TARGETS
 from tests.deploy.podman import build_images, inspect, podman
 
@@ -74,3 +76,31 @@ def test_image_carries_only_its_stack(images: dict[str, str], target: str) -> No
     )
     out = podman("run", "--rm", "--entrypoint", "python", images[target], "-c", probe).stdout
     assert json.loads(out) == CARRIES[target]
+
+
+def test_init_image_fetches_git_test_data_under_an_arbitrary_uid(
+    images: dict[str, str], git_server: GitHttpServer, tmp_path: Path
+) -> None:
+    """git in the init image, as EvalHub's init container is used: its env, its secret files,
+    its metadata volume; read-only root, an OpenShift UID, the git server on the host."""
+    files = {"data/tokenizer/tokenizer.json": b"{}", "data/b--c/dataset_dict.json": b"[]",
+             "other.txt": b"not synced"}  # fmt: skip
+    commit = git_server.create_repo("image-data", files)
+    secret, dest, meta = tmp_path / "secret", tmp_path / "test_data", tmp_path / "meta"
+    for d in (secret, dest, meta):
+        d.mkdir()
+        d.chmod(0o777)
+    (secret / "username").write_text(git_server.username)
+    (secret / "password").write_text(git_server.password)
+    podman(
+        "run", "--rm", "--network", "host", "--user", ARBITRARY_UID, "--read-only",
+        "--tmpfs", "/tmp", "-v", f"{dest}:/test_data", "-v", f"{meta}:/run/init-metadata",
+        "-v", f"{secret}:/var/run/secrets/test-data:ro",
+        "-e", f"TEST_DATA_GIT_URL={git_server.url('image-data')}", "-e", "TEST_DATA_GIT_REF=main",
+        "-e", "TEST_DATA_GIT_SUBPATH=data", "-e", "TEST_DATA_GIT_INSECURE=true",
+        images["initcontainer"], timeout=300,
+    )  # fmt: skip
+    got = {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*")
+           if p.is_file() and ".airgap-eval" not in p.parts}  # fmt: skip
+    assert got == {k.removeprefix("data/"): v for k, v in files.items() if k.startswith("data/")}
+    assert (meta / ".git-metadata").read_text() == commit + "\n"

@@ -33,9 +33,11 @@ class EvalHubServer:
         root: Path,
         providers: list[dict[str, Any]],
         collections: Sequence[Path] = (),
+        extra: dict[str, Any] | None = None,  # more of config.yaml (e.g. `mlflow`)
     ) -> None:
         self.version, self.root, self.providers = version, root, providers
         self.collections = list(collections)  # EvalHub's collection YAML files, as they are
+        self.extra = extra or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "eval-hub.log"
@@ -57,6 +59,7 @@ class EvalHubServer:
             },
             # 1.0.x opens its own metrics port (8081 on all interfaces) unless told not to.
             "prometheus": {"enabled": False},
+            **self.extra,
         }
         # JSON is YAML: no YAML library needed to write EvalHub's config files.
         (cfg / "config.yaml").write_text(json.dumps(config, indent=1))
