@@ -110,6 +110,7 @@ class AdaptiveRequests:
         self.turn_aways = 0
         self._memo: dict[str, list[Any]] = {}  # text -> [token ids, uses left]
         self._ahead: Iterator[Any] | None = None  # requests not tokenized yet
+        self._ints: list[int] = []  # one int object per token id, shared by all requests
 
     def set_cache_hook(self, cache_hook: Any) -> None:
         db = getattr(cache_hook, "dbdict", None)
@@ -153,8 +154,14 @@ class AdaptiveRequests:
         # TemplateAPI.tok_encode's default: special tokens only with add_bos_token
         ids = api.tokenizer(new, add_special_tokens=bool(api.add_bos_token),
                             return_attention_mask=False).input_ids if new else []  # fmt: skip
+        top = max(map(max, filter(None, ids)), default=-1)
+        if top >= len(self._ints):
+            self._ints = list(range(top + 1))
+        share = self._ints.__getitem__
         for text, found in zip(new, ids, strict=True):
-            self._memo[text] = [found, 0]
+            # the tokenizer makes a fresh int object per id and lm_eval keeps every
+            # request's ids until the run ends: shared ints make that 8 bytes a token, not 36
+            self._memo[text] = [list(map(share, found)), 0]
         for text, n in uses.items():
             self._memo[text][1] += n
         return True

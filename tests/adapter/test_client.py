@@ -49,8 +49,9 @@ def test_num_concurrent_1_sends_every_request_over_one_connection(tiny_tree: Pat
 def test_token_ids_are_lm_evals_and_tokenized_ahead_in_bounded_batches(
     tiny_tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The batched tokenizing gives lm_eval the ids its own encoding gives, and holds at most a
-    batch of requests' ids beside lm_eval's own (not the whole run's a second time)."""
+    """The batched tokenizing gives lm_eval the ids its own encoding gives, holds at most a
+    batch of requests' ids beside lm_eval's own (not the whole run's a second time), and the
+    ids lm_eval keeps share their int objects."""
     monkeypatch.setattr(client, "TOKENIZE_AHEAD", 10)
     reqs = _requests(45)
     seen: dict[str, Any] = {}
@@ -85,3 +86,6 @@ def test_token_ids_are_lm_evals_and_tokenized_ahead_in_bounded_batches(
     assert len(batches) == 5 and max(batches) <= 20
     assert max(memo_sizes) <= 20  # what is left of the batch before when the next is tokenized
     assert ours._memo == {}
+    # each token id is one shared int object across all requests (8 bytes a token, not 36)
+    ids = [t for ctx, cont in seen["CompletionsLM"] for t in ctx + cont if t > 256]
+    assert ids and all(t is ours._ints[t] for t in ids)
