@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
-from adapter.config import parser, resolve_config
+from adapter.config import Settings, parser, resolve_config
 from adapter.outputs import LOG_NAME, StatusWriter, wait_uploaded, write_done
 from common.entry import run_guarded
 from common.errors import AirgapError
@@ -36,11 +37,13 @@ def main(argv: list[str] | None = None, prog: str = "airgap-eval run") -> int:
         setup_logging(args.verbose)
         log.error(e.one_line())
         return int(e.exit_code)
+    fresh = {d: not d.exists() for d in (settings.output_dir, settings.work_dir)}
     try:
         setup_logging(settings.verbose, log_file=settings.output_dir / LOG_NAME)
     except OSError as e:
         setup_logging(settings.verbose)
         log.warning("cannot write the log into %s: %s", settings.output_dir, e)
+    _say_defaults(settings, fresh)
 
     from adapter.run import Run  # after logging: its imports are the SDK's (~0.4 s)
 
@@ -56,5 +59,23 @@ def main(argv: list[str] | None = None, prog: str = "airgap-eval run") -> int:
         log.warning("could not write the done marker: %s", e)
     if settings.terminal_events == "sidecar":
         wait_uploaded(settings.output_dir, settings.wait_uploaded_s)
+    if code == 0:  # a failure ends with its [CODE] line (README, "Exit codes")
+        scores = ", ".join(str(p) for p in run.files if p.name.startswith("results")) or "-"
+        log.info(
+            "run completed: exit 0 in %.1f s -- scores: %s; status record: %s; log: %s",
+            status.seconds or 0, scores, writer.path, settings.output_dir / LOG_NAME,
+        )  # fmt: skip
     logging.shutdown()
     return code
+
+
+def _say_defaults(settings: Settings, fresh: dict[Path, bool]) -> None:
+    """The pod's default dirs on a workstation are a surprise: say where things go."""
+    dirs = {"--output-dir": settings.output_dir, "--work-dir": settings.work_dir}
+    for flag in settings.defaulted:
+        path = dirs[flag]
+        var = f"AIRGAP_EVAL_{flag.removeprefix('--').replace('-', '_').upper()}"
+        (log.warning if fresh[path] else log.info)(
+            "no %s or %s given: using the default %s%s",
+            flag, var, path, " (created now)" if fresh[path] else "",
+        )  # fmt: skip

@@ -1,9 +1,10 @@
 """The one place run settings are resolved: flags > env > job spec > secret files > defaults.
 
-Two steps, both here: `resolve` reads the flags and the environment (where the results go,
-where the data lies: known before anything can fail with a status record), then
-`prepare_job` reads the job spec once and freezes everything the run needs into a `RunConfig`
-(spec, parameters, task names, index path, debug, API key). Flags override spec fields
+Three steps, all here: `resolve` reads the flags and the environment (where the results go,
+where the data lies: known before anything can fail with a status record), `read_job` reads
+the job spec once, light (its parameters and task names: a `Job`), then `prepare_job` parses
+it with eval-hub-sdk and freezes everything the run needs into a `RunConfig` (a `Job` plus
+the SDK's spec and the API key). Flags override spec fields
 (`--tasks`, `--model-url`, `--param`); env settings beat the spec's (`AIRGAP_EVAL_CACHE_DIR`
 over `parameters.cache_dir`, `OPENAI_API_KEY` over the model auth secret file).
 """
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter.parameters import RunParameters, parse_parameters, task_names
 from common.errors import ConfigError
-from common.jobspec import STANDALONE_DEFAULTS, parse_job_spec, read_spec_file
+from common.jobspec import STANDALONE_DEFAULTS, check_fields, parse_job_spec, read_spec_file
 from common.layout import DEFAULT_RESULTS, DEFAULT_TEST_DATA
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class Settings:
     online_timeout_s: float  # online mode: the most a Hub fetch (the tokenizer) may take
     verbose: bool  # --verbose or AIRGAP_EVAL_DEBUG
     max_concurrent: int | None = None  # AIRGAP_EVAL_MAX_CONCURRENT: beats the spec's ceiling
+    defaulted: tuple[str, ...] = ()  # the dirs neither a flag nor the env chose
 
     def request_cache_dir(self, spec_cache_dir: str | None) -> Path:
         if self.cache_dir is not None:
@@ -101,9 +103,10 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--offline",
         choices=["auto", "on", "off"],
-        help="offline mode (env AIRGAP_EVAL_OFFLINE; default auto: on when the "
-        "test data holds a manifest or bundles; a test-data dir that does not exist "
-        "is an error unless off)",
+        help="offline mode (env AIRGAP_EVAL_OFFLINE; default auto: on when anything "
+        "points at it: a sync record, manifest or bundle in the test data, the tokenizer "
+        "under it, or an empty dir; a test-data dir that does not exist is an error unless "
+        "off)",
     )
     p.add_argument(
         "--terminal-events",
@@ -204,6 +207,14 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Settings
         raise ConfigError(f"AIRGAP_EVAL_MAX_CONCURRENT={ceiling!r} is not a positive integer",
                           "set the most parallel model requests, e.g. 64")  # fmt: skip
     index = _pick(env, args.task_index, "AIRGAP_EVAL_TASK_INDEX", None)
+    defaulted = tuple(
+        flag
+        for flag, value, var in (
+            ("--output-dir", args.output_dir, "AIRGAP_EVAL_OUTPUT_DIR"),
+            ("--work-dir", args.work_dir, "AIRGAP_EVAL_WORK_DIR"),
+        )
+        if value is None and not env.get(var)
+    )
     return Settings(
         job_spec=Path(job_spec) if job_spec else None,
         overrides=overrides,
@@ -226,6 +237,7 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> Settings
         online_timeout_s=seconds["AIRGAP_EVAL_ONLINE_TIMEOUT"],
         verbose=args.verbose or bool(env.get("AIRGAP_EVAL_DEBUG")),
         max_concurrent=int(ceiling) if ceiling else None,
+        defaulted=defaulted,
     )
 
 
@@ -243,15 +255,15 @@ def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything one run needs, resolved once (`prepare_job`); the steps only read it."""
+class Job:
+    """The spec's JSON (flag overrides merged), its parameters and task names, read light (no
+    eval-hub-sdk): the data verdict comes before anything heavy is imported."""
 
     settings: Settings
-    spec: JobSpec
+    data: dict[str, Any]
     params: RunParameters
     tasks: tuple[str, ...]
     include_path: tuple[Path, ...]
-    api_key: str | None = field(repr=False)
 
     @property
     def task_index(self) -> Path | None:
@@ -261,36 +273,50 @@ class RunConfig:
     def debug(self) -> bool:
         return self.settings.verbose
 
+    @property
+    def model_url(self) -> str:
+        return str(self.data["model"]["url"])
 
-def read_job(settings: Settings) -> tuple[dict[str, Any], RunParameters, list[str]]:
-    """The spec's JSON with the flag overrides, its parameters and task names: light (no
-    eval-hub-sdk), so a bad spec fails before anything heavy is imported."""
+    @property
+    def callback_url(self) -> str | None:
+        url = self.data.get("callback_url")
+        return url if isinstance(url, str) and url else None
+
+
+@dataclass(frozen=True)
+class RunConfig(Job):
+    """Everything one run needs, resolved once (`prepare_job`); the steps only read it."""
+
+    spec: JobSpec
+    api_key: str | None = field(repr=False)
+
+
+def read_job(settings: Settings) -> Job:
+    """A bad spec fails here, before anything heavy is imported."""
     data = read_spec_file(settings.job_spec) if settings.job_spec else {"id": "local"}
     data = merge_overrides(data, settings.overrides)
+    check_fields(data, f"job spec {settings.job_spec or '(from flags)'}")
     raw = data.get("parameters")
-    params = parse_parameters(raw if isinstance(raw, dict) else {})
+    params = parse_parameters(raw if isinstance(raw, dict) else {})  # checked: a dict or None
     model = data.get("model")
     if not (isinstance(model, dict) and model.get("url")):
         raise ConfigError("job spec has no model.url", "set model.url (or --model-url)")
     benchmark = data.get("benchmark_id")
-    return data, params, task_names(benchmark if isinstance(benchmark, str) else None, params)
+    tasks = task_names(benchmark if isinstance(benchmark, str) else None, params)
+    include = tuple(Path(p) for p in params.include_path or [])
+    return Job(settings, data, params, tuple(tasks), include)
 
 
-def prepare_job(
-    settings: Settings,
-    data: dict[str, Any],
-    params: RunParameters,
-    tasks: list[str],
-    env: Mapping[str, str],
-) -> RunConfig:
-    spec = parse_job_spec(data, f"job spec {settings.job_spec or '(from flags)'}")
+def prepare_job(job: Job, env: Mapping[str, str]) -> RunConfig:
+    spec = parse_job_spec(job.data, f"job spec {job.settings.job_spec or '(from flags)'}")
     return RunConfig(
-        settings=settings,
+        settings=job.settings,
+        data=job.data,
+        params=job.params,
+        tasks=job.tasks,
+        include_path=job.include_path,
         spec=spec,
-        params=params,
-        tasks=tuple(tasks),
-        include_path=tuple(Path(p) for p in params.include_path or []),
-        api_key=model_api_key(settings, data, spec, env),
+        api_key=model_api_key(job.settings, job.data, spec, env),
     )
 
 

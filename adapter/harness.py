@@ -25,6 +25,7 @@ from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompleti
 from lm_eval.tasks import TaskManager
 from lm_eval.utils import make_table
 
+from adapter import seam
 from adapter.client import AdaptiveRequests
 from adapter.progress import ProgressMixin, RunProgress
 from common.errors import (
@@ -185,6 +186,7 @@ def run(
         optional["bootstrap_iters"] = bootstrap_iters
     if fewshot_as_multiturn is not None:
         optional["fewshot_as_multiturn"] = fewshot_as_multiturn
+    seam.quiet_git_probe()
     try:
         results = simple_evaluate(
             model=lm,

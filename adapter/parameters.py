@@ -79,6 +79,7 @@ class RunParameters(BaseModel):
     )
     seed: int | None = Field(
         default=None,
+        ge=0,
         validation_alias=AliasChoices("seed", "random_seed"),
         description="one seed for python, numpy, torch and few-shot sampling; "
         "default: lm_eval's own defaults",

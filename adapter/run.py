@@ -1,16 +1,18 @@
-"""One `airgap-eval run` job as named steps over one frozen `RunConfig`:
+"""One `airgap-eval run` job as named steps over the job spec, read once:
 
-    prepare    spec + parameters + API key, resolved once
-    isolate    offline or online; the HF env before any HF import; the egress guard
+    isolate    the light read of the spec (`Job`); offline or online and why, the offline
+               env before any HF import, the egress guard; an empty dir fails here
     resolve    task names -> leaf tasks, config folders, bundles (once, from the task index)
-    preflight  fast verdict (manifest read once, tree, tokenizer files, assets, endpoint: no
-               heavy import yet)
+    check_data the fast verdict: code-executing tasks allowed, packages present, then offline
+               the tree, tokenizer files, assets (manifest read once, no data read)
+    prepare    eval-hub-sdk's spec and the API key: the frozen `RunConfig`
+    preflight  online the tokenizer, then the chat template and the endpoint
     load       each bundle loaded once, the tasks built, task/endpoint compatibility, the model
     evaluate   lm_eval's simple_evaluate against the endpoint (request cache on)
     publish    results + samples (redacted), metrics, the SDK's JobResults
 
-A job that will fail fails in `prepare`, `resolve` or the fast half of `preflight`, before
-lm_eval, datasets or transformers are imported; those are imported on a thread while the
+A job whose data is not there fails in the first three steps, before eval-hub-sdk, lm_eval,
+datasets or transformers are imported (< 1 s); those are imported on a thread while the
 endpoint probe waits on the network.
 """
 
@@ -22,17 +24,16 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter import criteria, egress, offline, preflight
-from adapter.config import RunConfig, Settings, prepare_job, read_job
-from adapter.events import Events, SdkAdapter, job_results, primary_definition
+from adapter.config import Job, RunConfig, Settings, prepare_job, read_job
 from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
 from common.atomic import atomic_write
-from common.errors import MissingDataError
-from common.evalhub_metrics import Metrics, evalhub_metrics, primary_score
+from common.errors import AirgapError, MissingDataError
 from common.logs import register_secret
 from tasks.code import missing_packages, unsafe_tasks
 from tasks.datacheck import TreeCheck, stage_command, tokenizer_dir
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from evalhub.adapter import JobResults, JobSpec
     from lm_eval.loggers import EvaluationTracker
 
+    from adapter.events import Events, SdkAdapter
     from adapter.harness import BuiltTasks, ModelSettings
     from adapter.outputs import StatusWriter
     from adapter.progress import RunProgress
@@ -74,6 +76,13 @@ class Loaded:
     built: BuiltTasks
     model: Any  # the lm_eval API model
     progress: RunProgress
+
+
+@dataclass(frozen=True)
+class DataVerdict:
+    tokenizer: str | None  # offline: the staged dir lm_eval loads (online: decided later)
+    check: TreeCheck | None  # offline: the bundles as found (and then loaded)
+    manifest: Manifest | None  # offline: manifest.json, read once
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,10 @@ def _import_heavy() -> None:
         from adapter import harness  # noqa: F401
 
 
+def _not_run() -> JobResults:
+    raise AssertionError("connected only to report a failure")
+
+
 class Run:
     """One job: the steps in order, with status.json and events at each phase."""
 
@@ -113,6 +126,7 @@ class Run:
         self.offline = False
         self.events: Events | None = None
         self.results: JobResults | None = None
+        self.files: list[Path] = []  # what publish wrote (results, samples)
 
     def _phase(self, name: str) -> None:
         self.writer.phase(name)
@@ -122,22 +136,48 @@ class Run:
     def execute(self) -> None:
         start = time.monotonic()
         self.writer.start()
+        self.writer.phase("initializing")
         try:
-            cfg = self.prepare()
-            adapter = SdkAdapter(cfg.spec, lambda _spec, _callbacks: self._job(cfg, start))
-            self.events = Events(
-                adapter, "sidecar" if self.settings.terminal_events == "sidecar" else "adapter"
-            )
+            job = read_job(self.settings)  # light: a bad spec fails here
+            self.status.job_id = str(job.data.get("id") or "") or None
+            try:  # before eval-hub-sdk and the HF libraries: missing data fails in < 1 s
+                self.isolate(job)
+                resolved = self.resolve(job)
+                data = self.check_data(job, resolved)
+            except AirgapError:
+                self._connect_to_report(job)
+                raise
+            cfg = self.prepare(job)
+            adapter = self._connect(cfg, lambda: self._job(cfg, resolved, data, start))
+            assert self.events is not None
             self.results = adapter.run_benchmark_job(adapter.job_spec, self.events.callbacks)
         finally:
             self.writer.stop()
 
-    def _job(self, cfg: RunConfig, start: float) -> JobResults:
+    def _connect(self, cfg: RunConfig, body: Callable[[], JobResults]) -> SdkAdapter:
+        from adapter.events import Events, SdkAdapter  # eval-hub-sdk: ~0.4 s of imports
+
+        adapter = SdkAdapter(cfg.spec, lambda _spec, _callbacks: body())
+        self.events = Events(
+            adapter, "sidecar" if self.settings.terminal_events == "sidecar" else "adapter"
+        )
+        return adapter
+
+    def _connect_to_report(self, job: Job) -> None:
+        """A job that failed before the SDK was loaded still reports `failed` to EvalHub
+        when the adapter sends the terminal event."""
+        if job.callback_url is None or self.settings.terminal_events != "adapter":
+            return
+        with contextlib.suppress(AirgapError):
+            self._connect(self.prepare(job), _not_run)
+
+    def _job(
+        self, cfg: RunConfig, resolved: Resolved, data: DataVerdict, start: float
+    ) -> JobResults:
         """The body of the SDK's run_benchmark_job."""
-        self._phase("initializing")
-        self.isolate(cfg)
-        resolved = self.resolve(cfg)
-        checked = self.preflight(cfg, resolved)
+        if self.events is not None:
+            self.events.phase("initializing")  # status.json has said so since the start
+        checked = self.preflight(cfg, data)
         self._phase("loading_data")
         loaded = self.load(cfg, resolved, checked)
         self._phase("running_evaluation")
@@ -147,34 +187,33 @@ class Run:
 
     # --- prepare ------------------------------------------------------------------------
 
-    def prepare(self) -> RunConfig:
-        """The run configuration, resolved once."""
-        data, params, tasks = read_job(self.settings)  # light: a bad spec fails here
-        cfg = prepare_job(self.settings, data, params, tasks, os.environ)
+    def prepare(self, job: Job) -> RunConfig:
+        """The run configuration, resolved once (eval-hub-sdk's spec, the API key)."""
+        cfg = prepare_job(job, os.environ)
         self.status.job_id, self.status.benchmark_id = cfg.spec.id, cfg.spec.benchmark_id
         register_secret(cfg.api_key)
         if cfg.api_key:
             os.environ["OPENAI_API_KEY"] = cfg.api_key  # lm_eval's API models read it here
         return cfg
 
-    def isolate(self, cfg: RunConfig) -> None:
-        """Offline or online (online only where asked), the env the HF libraries read at
-        import, and the egress guard."""
-        s = cfg.settings
+    def isolate(self, job: Job) -> None:
+        """Offline or online (online only when nothing points at offline), the env the HF
+        libraries read at import, and the egress guard."""
+        s = job.settings
         offline.refuse_missing_test_data(s.test_data, s.offline)
-        layout = offline.detect(s.test_data, cfg.params.tokenizer)
-        if s.offline != "auto":
-            layout = offline.Layout(s.offline == "on", f"--offline {s.offline}")
-        offline.apply(layout, s.test_data, s.work_dir, cfg.params.allow_code_execution)
+        layout = offline.detect(s.test_data, job.params.tokenizer, s.offline)
+        offline.apply(layout, s.test_data, s.work_dir, job.params.allow_code_execution)
         self.offline = layout.offline
         if layout.offline:
-            egress.enable([cfg.spec.model.url, cfg.spec.callback_url])
+            egress.enable([job.model_url, job.callback_url or ""])
+            offline.refuse_failed_sync(s.test_data)
+            offline.refuse_nothing_synced(s.test_data)
 
     # --- resolve ------------------------------------------------------------------------
 
-    def resolve(self, cfg: RunConfig) -> Resolved:
-        index = load_index(cfg.task_index, list(cfg.include_path))
-        resolution = resolve_tasks(list(cfg.tasks), index)
+    def resolve(self, job: Job) -> Resolved:
+        index = load_index(job.task_index, list(job.include_path))
+        resolution = resolve_tasks(list(job.tasks), index)
         if resolution.unknown:
             raise unknown_tasks_error(resolution.unknown, index, "add parameters.include_path")
         # Python-class tasks need lm_eval imported to name their dataset: the fast verdict
@@ -189,36 +228,41 @@ class Run:
 
     # --- preflight ----------------------------------------------------------------------
 
-    def preflight(self, cfg: RunConfig, resolved: Resolved) -> Checked:
-        s, p = cfg.settings, cfg.params
-        names = list(cfg.tasks)
+    def check_data(self, job: Job, resolved: Resolved) -> DataVerdict:
+        """Offline, the fast half of the data check: the tree, the tokenizer's files, the
+        assets (no heavy import, no data read)."""
+        s, p = job.settings, job.params
         completions = p.model_type == "completions"
         preflight.refuse_unsafe(resolved.unsafe, p.allow_code_execution)
         preflight.check_packages(resolved.missing_packages)
-        check: TreeCheck | None = None
-        manifest: Manifest | None = None
-        if self.offline:
-            manifest = preflight.read_manifest(s.test_data)
-            tok_dir = tokenizer_dir(s.test_data, p.tokenizer, manifest)  # decided here only
-            tokenizer = str(tok_dir) if completions and tok_dir.is_dir() else None
-            check = preflight.check_tree(
-                s.test_data,
-                names,
-                resolved.plan,
-                manifest,
-                list(cfg.include_path),
-                tokenizer=p.tokenizer,
-                tok_dir=tok_dir,
-                need_tokenizer=completions,
-            )
-        else:
-            tokenizer = (p.tokenizer or cfg.spec.model.name) if completions else None
-            if tokenizer and (
-                problem := preflight.online_tokenizer_problem(tokenizer, s.online_timeout_s)
-            ):
+        if not self.offline:
+            return DataVerdict(None, None, None)
+        manifest = preflight.read_manifest(s.test_data)
+        tok_dir = tokenizer_dir(s.test_data, p.tokenizer, manifest)  # decided here only
+        tokenizer = str(tok_dir) if completions and tok_dir.is_dir() else None
+        check = preflight.check_tree(
+            s.test_data,
+            list(job.tasks),
+            resolved.plan,
+            manifest,
+            list(job.include_path),
+            tokenizer=p.tokenizer,
+            tok_dir=tok_dir,
+            need_tokenizer=completions,
+        )
+        return DataVerdict(tokenizer, check, manifest)
+
+    def preflight(self, cfg: RunConfig, data: DataVerdict) -> Checked:
+        """Online, the tokenizer (it may download); then the endpoint."""
+        s, p = cfg.settings, cfg.params
+        completions = p.model_type == "completions"
+        tokenizer = data.tokenizer
+        if not self.offline and completions:
+            tokenizer = p.tokenizer or cfg.spec.model.name
+            if problem := preflight.online_tokenizer_problem(tokenizer, s.online_timeout_s):
                 preflight.fail_on_problems(
                     [problem],
-                    stage_command(names, s.test_data, p.tokenizer, list(cfg.include_path)),
+                    stage_command(cfg.tasks, s.test_data, p.tokenizer, list(cfg.include_path)),
                 )
         if completions and p.apply_chat_template and tokenizer and Path(tokenizer).is_dir():
             preflight.check_chat_template(Path(tokenizer), p.apply_chat_template)
@@ -238,7 +282,7 @@ class Run:
         finally:  # never exit with an import half done on another thread
             if importer.ident is not None:
                 importer.join()
-        return Checked(tokenizer, endpoint, check, manifest)
+        return Checked(tokenizer, endpoint, data.check, data.manifest)
 
     def load(self, cfg: RunConfig, resolved: Resolved, checked: Checked) -> Loaded:
         """Each bundle loaded once (then served to lm_eval through the seam), tasks built,
@@ -270,7 +314,7 @@ class Run:
         except ImportError as e:
             raise preflight.import_failure(e, list(cfg.tasks)) from None
         preflight.check_tasks(built.tasks, p.model_type, checked.endpoint, p.allow_code_execution)
-        progress = RunProgress()
+        progress = RunProgress(built.tasks)
         self.writer.progress = progress.snapshot
         return Loaded(settings, built, make_model(settings, progress), progress)
 
@@ -282,6 +326,7 @@ class Run:
         from lm_eval.loggers import EvaluationTracker
 
         from adapter import harness
+        from adapter.progress import RunProgress
 
         s, p = cfg.settings, cfg.params
         cache = loaded.settings.cache_file(s.request_cache_dir(p.cache_dir))
@@ -297,12 +342,16 @@ class Run:
                 # and the sampling seed lm_eval's API model sends with generation requests (one
                 # run keeps its 1234, as plain lm_eval's --seed does)
                 loaded.model._seed = seed
+            # each repetition is a whole job of its own: its progress counts from zero
+            progress = loaded.progress if i == 0 else RunProgress(loaded.built.tasks)
+            loaded.model.progress = progress
+            self.writer.progress = progress.snapshot
             tracker = EvaluationTracker(output_path=str(s.output_dir / "results.json"))
             results = harness.run(
                 loaded.model,
                 loaded.built,
                 cache=db,
-                progress=loaded.progress,
+                progress=progress,
                 limit=limit,
                 num_fewshot=p.num_fewshot,
                 seed=seed,
@@ -325,7 +374,9 @@ class Run:
         self, cfg: RunConfig, settings: ModelSettings, runs: list[Evaluated], seconds: float
     ) -> JobResults:
         from adapter import harness
+        from adapter.events import job_results, primary_definition
         from adapter.outputs import redact_files
+        from common.evalhub_metrics import Metrics, evalhub_metrics, primary_score
 
         spec, p = cfg.spec, cfg.params
         per_run: list[tuple[int | None, Metrics, list[str]]] = []
@@ -367,6 +418,7 @@ class Run:
             summary_file = cfg.settings.output_dir / "criteria.json"
             atomic_write(summary_file, json.dumps(artifacts, indent=1))
             files.append(summary_file)
+        self.files = files
         return job_results(
             spec,
             metrics,

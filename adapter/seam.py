@@ -1,4 +1,5 @@
-"""THE one patch of the adapter: `datasets.load_dataset` reads staged bundles.
+"""THE one seam where the adapter patches libraries: `datasets.load_dataset` reads staged
+bundles, and lm_eval's git probe is quiet.
 
 lm_eval's YAML tasks, its Python tasks and task utils all fetch data with
 `datasets.load_dataset(path, name, ...)`. Offline, that call becomes
@@ -6,13 +7,17 @@ lm_eval's YAML tasks, its Python tasks and task utils all fetch data with
 alias is accepted), honouring `split=`. Installed before any task module is imported, so
 `from datasets import load_dataset` in a task's utils binds the redirect too.
 `datasets.disable_caching()` keeps `.map` caches out of the (read-only) data dir.
-No fork of lm_eval: everything else runs as shipped.
+lm_eval records the git commit of the working dir by running `git describe`, whose stderr
+says `fatal: not a git repository` in every pod: `quiet_git_probe` runs the same probe with
+that stderr captured. No fork of lm_eval: everything else runs as shipped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -97,6 +102,25 @@ def install(test_data: Path, loaded: dict[Path, Any] | None = None) -> None:
     _original = datasets.load_dataset
     datasets.load_dataset = load_dataset
     log.debug("datasets.load_dataset now reads bundles under %s", test_data)
+
+
+def _git_commit() -> str | None:
+    """lm_eval's get_git_commit_hash, without git's stderr."""
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        probe = subprocess.run(
+            ["git", "describe", "--always"], capture_output=True, text=True, check=True
+        )
+        return probe.stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return get_commit_from_path(os.getcwd())
+
+
+def quiet_git_probe() -> None:
+    import lm_eval.evaluator
+
+    lm_eval.evaluator.get_git_commit_hash = _git_commit
 
 
 def uninstall() -> None:

@@ -24,26 +24,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 # What a command needs beyond the base install (what the init image carries), checked before
-# its module is imported: a missing extra is one CONFIG line, not a ModuleNotFoundError.
+# its module is imported (also for --help: a command is usable or it is not): a missing extra is one CONFIG line, not a ModuleNotFoundError.
 # Modules, not distributions: find_spec costs ~0.1 ms, importlib.metadata ~0.2 s of start-up.
 # tests/test_cli.py checks these against pyproject.toml's extras.
-ADAPTER_MODULES = (
-    "lm_eval",
-    "datasets",
-    "transformers",
-    # eval-hub-sdk[adapter]: evalhub.adapter imports these
-    "httpx",
-    "oras",
-    "olot",
-    "opentelemetry.sdk",
-)
+# eval-hub-sdk[adapter]: evalhub.adapter imports these (the sidecar's callbacks, OCI export)
+SIDECAR_MODULES = ("httpx", "oras", "olot", "opentelemetry.sdk")
+ADAPTER_MODULES = ("lm_eval", "datasets", "transformers", *SIDECAR_MODULES)
 NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "upload": ("sidecar", SIDECAR_MODULES),
     "run": ("adapter", ADAPTER_MODULES),
     "stage": ("adapter", ADAPTER_MODULES),
     "verify": ("adapter", ADAPTER_MODULES),
     "slugs": ("adapter", ADAPTER_MODULES),
 }
 _INSTALL_HINT = {
+    "sidecar": 'pip install "airgap-eval[sidecar]", or use the sidecar image '
+    "(airgap-eval-sidecar: `docker build --target sidecar`)",
     "adapter": 'pip install "airgap-eval[adapter]", or use the adapter image '
     "(airgap-eval-adapter: `docker build --target adapter`)",
 }

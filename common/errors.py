@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     MODEL = 10  # the model endpoint answered, but not usefully
     EVALUATION = 11  # lm_eval failed while evaluating
     UPLOAD = 12  # results could not be uploaded
+    NO_SPACE = 13  # the destination's filesystem is full
     INTERRUPTED = 130  # SIGINT/SIGTERM
 
 
@@ -91,6 +92,11 @@ class EvaluationError(AirgapError):
 class UploadError(AirgapError):
     code = "UPLOAD"
     exit_code = ExitCode.UPLOAD
+
+
+class NoSpaceError(AirgapError):
+    code = "NO_SPACE"
+    exit_code = ExitCode.NO_SPACE
 
 
 class Interrupted(AirgapError):

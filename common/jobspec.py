@@ -4,6 +4,7 @@ Slurm) may leave out, so a spec `run` accepts is one `upload` accepts too."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from pathlib import Path
@@ -38,11 +39,68 @@ def field_errors(err: ValidationError, prefix: str) -> str:
     return "; ".join(parts)
 
 
+# The top-level fields of EvalHub 1.0's job.json (`BuildJobSpec`, eval-hub
+# internal/eval_hub/runtimes/shared/jobspec.go) and `primary_score`, which eval-hub-sdk's
+# JobSpec adds and the 1.0.2 server writes.
+EVALHUB_JOB_FIELDS = (
+    "id", "provider_id", "benchmark_id", "benchmark_index", "model", "num_examples",
+    "parameters", "experiment_name", "tags", "callback_url", "exports",
+)  # fmt: skip
+SPEC_FIELDS = (*EVALHUB_JOB_FIELDS, "primary_score")
+# api.ModelRef's fields (pkg/api/evaluations.go)
+MODEL_FIELDS = ("url", "name", "auth", "parameters", "card_url")
+
+
+def _unknown(where: str, found: dict[str, Any], known: tuple[str, ...]) -> list[str]:
+    problems = []
+    for name in sorted(set(found) - set(known)):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        guess = f" (did you mean '{where}{close[0]}'?)" if close else ""
+        problems.append(f"unknown field '{where}{name}'{guess}")
+    return problems
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_fields(data: dict[str, Any], source: str = "job spec") -> None:
+    """Light (no eval-hub-sdk), before anything else reads the spec: unknown fields with the
+    closest known name, and the values a run would only trip over later."""
+    problems = _unknown("", data, SPEC_FIELDS)
+    model = data.get("model")
+    if isinstance(model, dict):
+        problems += _unknown("model.", model, MODEL_FIELDS)
+    elif model is not None:
+        problems.append("model: must be an object {url, name}")
+    n = data.get("num_examples")
+    if n is not None and not (_integer(n) and n >= 1):
+        problems.append(
+            f"num_examples: must be a positive integer (got {n!r}); leave it out for every "
+            "example, or set parameters.limit to a fraction below 1"
+        )
+    index = data.get("benchmark_index")
+    if index is not None and not (_integer(index) and index >= 0):
+        problems.append(f"benchmark_index: must be an integer >= 0 (got {index!r})")
+    for name in ("id", "benchmark_id", "provider_id", "experiment_name"):
+        if name in data and data[name] is not None and not isinstance(data[name], str):
+            problems.append(f"{name}: must be a string (got {data[name]!r})")
+    for name, kind in (("parameters", dict), ("tags", list)):
+        if data.get(name) is not None and not isinstance(data[name], kind):
+            what = "an object" if kind is dict else "a list"
+            problems.append(f"{name}: must be {what} (got {type(data[name]).__name__})")
+    if problems:
+        raise ConfigError(
+            f"{source}: {'; '.join(problems)}",
+            f"fix the job spec; its fields: {', '.join(SPEC_FIELDS)} (see docs/adapter.md)",
+        )
+
+
 def parse_job_spec(data: dict[str, Any], source: str = "job spec") -> JobSpec:
     from evalhub.adapter import JobSpec  # deferred: the SDK import costs ~0.4 s
 
     unknown = sorted(set(data) - set(JobSpec.model_fields))
-    if unknown:  # newer EvalHub versions may add fields: warn, don't fail
+    if unknown:  # `run` refused them (check_fields); the sidecar still uploads: warn
         log.warning("%s: ignoring unknown top-level fields %s", source, unknown)
     try:
         return JobSpec.model_validate(STANDALONE_DEFAULTS | data)

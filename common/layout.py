@@ -13,6 +13,7 @@ DEFAULT_RESULTS = Path("/results")
 MANIFEST_NAME = "manifest.json"
 # Our own bookkeeping inside a destination tree (sync state, partial downloads, status).
 STATE_DIR_NAME = ".airgap-eval"
+SYNC_STATUS_NAME = "sync-status.json"  # the sync's StatusRecord, in STATE_DIR_NAME
 BUNDLE_MARKER = "dataset_dict.json"
 TOKENIZER_DIR_NAME = "tokenizer"
 TASKS_DIR_NAME = "tasks"  # custom task YAML folders (stage --include-path DIR -> tasks/<DIR name>)

@@ -164,11 +164,15 @@ class Boto3Storage:
         def get(c: Copy, cancel: threading.Event) -> None:
             c.path.parent.mkdir(parents=True, exist_ok=True)
             body = s3.get_object(Bucket=self.bucket, Key=c.key)["Body"]
-            with c.path.open("wb") as f:
-                while chunk := body.read(_CHUNK):
-                    if cancel.is_set():
-                        raise _Cancelled
-                    f.write(chunk)
+            try:
+                with c.path.open("wb") as f:
+                    while chunk := body.read(_CHUNK):
+                        if cancel.is_set():
+                            raise _Cancelled
+                        f.write(chunk)
+            except BaseException:
+                c.path.unlink(missing_ok=True)  # a half-written file never stays (disk full)
+                raise
 
         # A local write that fails (disk full, permissions) is the caller's to report.
         yield from self._pool(get, copies, deadline, "downloading", (_Cancelled, OSError))

@@ -94,6 +94,8 @@ def error_lines(output: str) -> list[str]:
 def classify(text: str, conn: S3Connection, bucket: str, what: str) -> AirgapError:
     """One s5cmd error text -> the same typed error boto3's would give."""
     low = text.lower()
+    if "no space left on device" in low:  # a local write: the same error boto3's OSError gets
+        return storage.no_space(what, text)
     if "nocredentialproviders" in low:
         return storage.no_credentials(what)
     if any(s in low for s in _UNREACHABLE):

@@ -19,6 +19,7 @@ from common.errors import (
     AuthError,
     ConfigError,
     DeadlineError,
+    NoSpaceError,
     NotFoundError,
     UnreachableError,
     UploadError,
@@ -39,7 +40,7 @@ _AUTH_CODES = {
 _NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
 _SERVER_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"}
 # When several transfers fail, the error that tells the operator most is the one reported.
-_PRIORITY = (AuthError, ConfigError, NotFoundError, UnreachableError, DeadlineError)
+_PRIORITY = (NoSpaceError, AuthError, ConfigError, NotFoundError, UnreachableError, DeadlineError)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,14 @@ def error_for_code(
             "the S3 server is unhealthy: check its status and logs, then rerun",
         )
     return AirgapError(f"S3 error while {what}: {code} {detail}", "check the S3 server logs")
+
+
+def no_space(what: str, detail: object) -> NoSpaceError:
+    """A local write found the filesystem full (the caller knows the destination and sizes)."""
+    return NoSpaceError(
+        f"no space left on the device while {what}: {detail}",
+        "give the destination more room (a bigger emptyDir sizeLimit or a PVC)",
+    )
 
 
 def unreachable(conn: S3Connection, what: str, detail: object) -> UnreachableError:

@@ -8,6 +8,7 @@ and raised once the guard that records it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -35,6 +36,10 @@ def main(argv: list[str], prog: str = "airgap-eval sync") -> int:
 
     status = StatusRecord(component="sync")
     result = SyncResult()
+    # A run that finds "running" knows this sync has not finished (or was killed); an
+    # unwritable dest is reported by the guard.
+    with contextlib.suppress(OSError):
+        status.write(status_path(args.dest))
 
     def run() -> None:
         if held:

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import IO
 
 from common.atomic import atomic_write
-from common.layout import STATE_DIR_NAME
+from common.layout import STATE_DIR_NAME, SYNC_STATUS_NAME
 
 JOURNAL_NAME = "sync-state.jsonl"
-SYNC_STATUS_NAME = "sync-status.json"  # the sync's StatusRecord
 PARTIAL_NAME = "partial"
 
 

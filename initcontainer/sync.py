@@ -5,6 +5,7 @@ layer, verifies every file and renames it into place as soon as it lands."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write
-from common.errors import ConfigError, IntegrityError, NotFoundError
+from common.errors import ConfigError, IntegrityError, NoSpaceError, NotFoundError
 from common.layout import MANIFEST_NAME
 from common.logs import Progress
 from common.manifest import Manifest, sha256_file
@@ -78,6 +79,8 @@ class Sync:
         self.storage, self.deadline = start.storage, start.deadline
         self.state = SyncState.load(cfg.dest)
         self.lander = _Lander(self.state, result, start.hashes)
+        # manifest.json means a complete tree: it lands last, once everything it lists has
+        self._pending_manifest: tuple[SyncFile, bytes] | None = None
 
     def run(self) -> None:
         cfg, storage = self.cfg, self.storage
@@ -100,9 +103,35 @@ class Sync:
         self.result.files, self.result.bytes = len(plan.items), plan.total_bytes
         try:
             self._run_plan(plan, manifest_body)
-        except BaseException:
+        except BaseException as e:
             storage.stop()  # a copy still running (SIGTERM, a failed check) ends with us
+            if isinstance(e, NoSpaceError) or getattr(e, "errno", None) == errno.ENOSPC:
+                # Partial files would keep the disk full: none stays, from either engine.
+                shutil.rmtree(partial_root(cfg.dest), ignore_errors=True)
+                raise self._no_space(plan, e) from None
             raise
+
+    def _no_space(self, plan: SyncPlan, cause: BaseException) -> NoSpaceError:
+        """One error for both engines (s5cmd's message, boto3's OSError) and the early check."""
+        dest = self.cfg.dest
+        needed = sum(i.size for i in plan.fetch) - self.result.downloaded_bytes
+        if self._pending_manifest is not None:
+            needed += len(self._pending_manifest[1])
+        why = cause.message if isinstance(cause, NoSpaceError) else str(cause)
+        return NoSpaceError(
+            f"no room in {dest}: {_size(max(needed, 0))} still to download, "
+            f"{_size(_free(dest))} free (partial downloads removed); {why}",
+            _NO_SPACE_HINT.format(dest=dest),
+        )
+
+    def _check_space(self, plan: SyncPlan) -> None:
+        """Before downloading: what is still to come must fit (what the early copy already
+        wrote counts as written)."""
+        needed = sum(i.size for i in plan.fetch)
+        if self._pending_manifest is not None:
+            needed += len(self._pending_manifest[1])
+        if needed > _free(self.cfg.dest) + _bytes_under(partial_root(self.cfg.dest)):
+            raise NoSpaceError(f"the {len(plan.fetch)} files cannot fit: nothing was downloaded")
 
     def _list(self) -> tuple[list[S3Object], bytes | None]:
         """The listing, and manifest.json's bytes read at the same time: a fresh sync does
@@ -145,6 +174,8 @@ class Sync:
                 self.start.manifest_found.set()
                 apply_manifest(plan, manifest, cfg.source)
             decide(plan, self.state)
+            if self._pending_manifest is not None:  # read already; it lands last
+                plan.fetch = [i for i in plan.fetch if i.rel != MANIFEST_NAME]
             self._confirm_present(plan)
             fetching = [*plan.fetch, *fetched]  # the manifest fetched first counts as fetched
             log.info(
@@ -152,15 +183,21 @@ class Sync:
                 len(plan.items) - len(fetching), len(plan.items), len(fetching),
                 sum(i.size for i in fetching) / 1e6,
             )  # fmt: skip
+            self._check_space(plan)
             fetch_bytes = sum(i.size for i in plan.fetch)
             lander.progress = Progress("sync", len(plan.fetch), fetch_bytes, logger=log)
             try:
                 self._fetch(plan, whole_folder=_mostly(fetching, plan.items))
             finally:
                 lander.progress.close()
+                lander.progress = None
                 lander.finish()
             for d in plan.dirs:
                 d.mkdir(parents=True, exist_ok=True)
+            if self._pending_manifest is not None:
+                item, body = self._pending_manifest
+                atomic_write(Path(item.path), body)
+                lander.placed(item, os.stat(item.path), None)
         finally:
             self.state.compact(keep={i.rel for i in plan.items})
         shutil.rmtree(partial_root(cfg.dest), ignore_errors=True)
@@ -195,7 +232,7 @@ class Sync:
         self, plan: SyncPlan, body: bytes | None
     ) -> tuple[Manifest | None, list[SyncFile]]:
         """manifest.json first (unless ours is current): it decides what the rest must be.
-        Returns it and what was fetched for it ([] or its item)."""
+        Returns it and what was fetched for it ([] or its item); it is placed last."""
         item = plan.manifest_item
         if item is None:
             return None, []
@@ -217,9 +254,11 @@ class Sync:
                 _REWRITTEN_HINT,
             )
         manifest = self._load_manifest(body)  # a broken manifest never lands
-        # Written straight to its place, never through partial/: the copy may be writing there.
-        atomic_write(Path(item.path), body)
-        self.lander.placed(item, os.stat(item.path), None)
+        # It lands last (never through partial/: the copy may be writing there); an older one
+        # goes now, so a sync that fails half-way leaves no manifest.json claiming the tree.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(item.path)
+        self._pending_manifest = (item, body)
         return manifest, [item]
 
     def _load_manifest(self, body: bytes) -> Manifest:
@@ -243,6 +282,27 @@ class Sync:
                 self.result.verified_files += 1
             else:
                 plan.fetch.append(item)
+
+
+_NO_SPACE_HINT = (
+    "give {dest} more room: a bigger emptyDir sizeLimit or a PVC (Kubernetes), a bigger "
+    "volume elsewhere; then rerun the sync: files already in place are kept"
+)
+
+
+def _free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _bytes_under(root: Path) -> int:
+    try:
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    except OSError:  # a file renamed into place while we looked: close enough
+        return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB ({n} bytes)"
 
 
 def _mostly(items: list[SyncFile], everything: list[SyncFile]) -> bool:

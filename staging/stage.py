@@ -3,7 +3,9 @@
 Tasks and groups resolve to leaf tasks through the prebuilt task index; each distinct
 (dataset_path, dataset_name, data_files) is loaded once with `datasets.load_dataset` and saved
 under its slug; the tokenizer and the nltk data the tasks' code downloads are saved beside
-them; `manifest.json` is written last. A rerun only adds what is missing or broken.
+them; `manifest.json` is written last, and only when every item was staged (it means a complete
+tree; a failed run's record stays in `.airgap-eval/`). A rerun only adds what is missing or
+broken.
 
 Network: one probe of the Hub first (a Hub that cannot be reached fails every item from it at
 once), then each item under `--network-timeout` seconds without progress (common.network);
@@ -67,6 +69,7 @@ from tasks.plan import BundleNeed, plan_tasks
 log = logging.getLogger(__name__)
 
 STAGING_DIR = f"{STATE_DIR_NAME}/staging"
+PARTIAL_MANIFEST = f"{STATE_DIR_NAME}/stage-manifest.partial.json"  # a failed run's record
 VERSIONED = ("lm_eval", "datasets", "transformers", "tokenizers", "airgap-eval")
 # datasets' packaged builders: with local data_files they never touch the network
 PACKAGED_BUILDERS = frozenset({"json", "csv", "parquet", "arrow", "text", "pandas", "xml"})
@@ -381,14 +384,28 @@ def _fetch_metric(name: str, out: Path, timeout: float | None) -> str:
 
 
 def _load_previous(out: Path) -> Manifest | None:
-    path = out / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        return Manifest.load(path)
-    except ValueError:
-        log.warning("%s is unreadable: every dir will be checked as new", path)
-        return None
+    """A failed run's record (it knows what that run wrote), else the complete tree's."""
+    for path in (out / PARTIAL_MANIFEST, out / MANIFEST_NAME):
+        if not path.is_file():
+            continue
+        try:
+            return Manifest.load(path)
+        except ValueError:
+            log.warning("%s is unreadable: every dir will be checked as new", path)
+            return None
+    return None
+
+
+def _record(out: Path, manifest: Manifest, written: set[str], failed: bool) -> None:
+    """manifest.json means a complete tree (sync and run go by it): a failed run keeps its
+    record where only a rerun of stage reads it, and a tree it changed loses its old claim."""
+    if not failed:
+        manifest.dump(out / MANIFEST_NAME)
+        (out / PARTIAL_MANIFEST).unlink(missing_ok=True)
+        return
+    manifest.dump(out / PARTIAL_MANIFEST)
+    if written:
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
 
 
 def _build_manifest(
@@ -676,9 +693,9 @@ def stage(
         assets={"nltk": sorted(staged_nltk), "evaluate": sorted(staged_metrics)},
     )
     shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
-    manifest.dump(out / MANIFEST_NAME)  # last: its presence means the tree is complete
     network = net.error()
     failures = ([network] if network else []) + merge_gated(net.errors) + failures
+    _record(out, manifest, written, failed=bool(failures))  # last: manifest.json = complete
     result = StageResult(out, manifest, sorted(written), skipped, failures)
     if failures:
         first = failures[0]

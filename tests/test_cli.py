@@ -1,5 +1,6 @@
 """The dispatcher on a base install (`pip install airgap-eval`, what the init image carries):
-a command whose extra is missing ends with one CONFIG line naming the extra, not a traceback.
+each command's real path (not only --help) either runs (sync) or ends with one CONFIG line
+naming its extra, never a traceback; the sidecar's install (base + sidecar extra) runs upload.
 
 The base install is real: a fresh venv holding exactly the distributions pyproject.toml's base
 dependencies pull in (linked from this venv, as pip would have installed them) and our image
@@ -9,6 +10,9 @@ packages, as the wheel lists them.
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -18,11 +22,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from airgap_eval.cli import ADAPTER_MODULES, NEEDS
+from airgap_eval.cli import ADAPTER_MODULES, NEEDS, SIDECAR_MODULES
+from common.errors import ExitCode
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-ADAPTER_COMMANDS = [c for c, (extra, _) in NEEDS.items() if extra == "adapter"]
 
 
 def _closure(requirements: list[str], extras: frozenset[str] = frozenset()) -> set[str]:
@@ -54,12 +58,14 @@ def _link_distribution(name: str, site: Path) -> None:
             (site / top).symlink_to(src)
 
 
-@pytest.fixture(scope="module")
-def base_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("base-install")
+def _install(root: Path, extras: list[str]) -> Path:
+    """A venv holding exactly what pip would install for the base dependencies plus
+    `extras`, and our image packages (never testbed/)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     site = next(root.glob("lib/python3*/site-packages"))
-    for name in _closure(PYPROJECT["project"]["dependencies"]):
+    optional = PYPROJECT["project"]["optional-dependencies"]
+    wanted = PYPROJECT["project"]["dependencies"] + [r for e in extras for r in optional[e]]
+    for name in _closure(wanted):
         _link_distribution(name, site)
     ours = root / "src"
     ours.mkdir()
@@ -71,7 +77,20 @@ def base_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "bin" / "python"
 
 
-def _cli(python: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+@pytest.fixture(scope="module")
+def base_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _install(tmp_path_factory.mktemp("base-install"), [])
+
+
+@pytest.fixture(scope="module")
+def sidecar_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the sidecar image carries: the base install and the sidecar extra."""
+    return _install(tmp_path_factory.mktemp("sidecar-install"), ["sidecar"])
+
+
+def _cli(
+    python: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
     start = time.monotonic()
     proc = subprocess.run(
         [str(python), "-m", "airgap_eval", *args],
@@ -79,46 +98,109 @@ def _cli(python: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], fl
         text=True,
         timeout=60,
         cwd="/",  # not the repo: its testbed/ must not be importable from the cwd
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "AIRGAP_EVAL_")) and k != "PYTHONPATH"
+        }
+        | (env or {}),
     )
     return proc, time.monotonic() - start
 
 
-def test_the_base_install_really_lacks_the_adapter_extra_and_runs_sync(base_python: Path) -> None:
-    probe = "import importlib.util as u; print(u.find_spec('lm_eval'), u.find_spec('boto3'))"
-    out = subprocess.run([str(base_python), "-c", probe], capture_output=True, text=True)
-    assert out.stdout.startswith("None ModuleSpec"), out
-    proc, _ = _cli(base_python, "sync", "--help")
-    assert proc.returncode == 0, proc.stderr
-    assert "--dest" in proc.stdout
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("command", ADAPTER_COMMANDS)
-def test_an_adapter_command_on_the_base_install_is_one_config_line(
-    base_python: Path, command: str
+def _final(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr and "ModuleNotFoundError" not in proc.stderr, proc
+    found = re.search(r"\[[A-Z_]+\] .*", proc.stderr.strip().splitlines()[-1])
+    assert found, proc.stderr
+    return found.group(0)
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK", "AWS_DEFAULT_REGION": "x"}
+
+
+def test_the_base_install_really_lacks_the_extras_and_syncs(
+    base_python: Path, tmp_path: Path
 ) -> None:
-    proc, seconds = _cli(base_python, command, "--help")
-    assert proc.returncode == 2
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"[CONFIG] airgap-eval {command} needs the adapter extra")
-    assert "lm_eval" in lines[0]
-    assert 'pip install "airgap-eval[adapter]"' in lines[0] and "adapter image" in lines[0]
-    assert seconds < 5
+    probe = "import importlib.util as u; print(u.find_spec('lm_eval'), u.find_spec('httpx'))"
+    out = subprocess.run([str(base_python), "-c", probe], capture_output=True, text=True)
+    assert out.stdout.strip() == "None None", out
+    # sync's real path: it gets as far as the S3 endpoint (nothing listens there)
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    args = ["--bucket", "evals", "--prefix", "p", "--dest", str(tmp_path / "d")]
+    proc, seconds = _cli(
+        base_python, "sync", *args, "--endpoint", endpoint, "--timeout", "20", env=S3_KEYS
+    )
+    line = _final(proc)
+    assert proc.returncode == ExitCode.UNREACHABLE and line.startswith("[UNREACHABLE]"), line
+    assert (tmp_path / "d" / ".airgap-eval" / "sync-status.json").is_file()
+    print(f"sync: exit {proc.returncode} in {seconds:.2f} s: {line}")
+
+
+def _real_args(command: str, tmp: Path) -> list[str]:
+    """Each command as a user runs it, not --help."""
+    return {
+        "run": ["--tasks", "arc_easy", "--model-url", "http://127.0.0.1:9/v1",
+                "--test-data", str(tmp), "--output-dir", str(tmp / "out")],
+        "stage": ["arc_easy", "--tokenizer", "gpt2", "--out", str(tmp / "staged")],
+        "verify": [str(tmp), "--tasks", "arc_easy"],
+        "slugs": ["arc_easy"],
+        "upload": ["--once", "--results-dir", str(tmp), "--dest", "s3://evals/results"],
+    }[command]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(NEEDS))
+def test_a_command_whose_extra_is_missing_names_it(
+    base_python: Path, command: str, tmp_path: Path
+) -> None:
+    extra = NEEDS[command][0]
+    for args in (_real_args(command, tmp_path), ["--help"]):
+        proc, seconds = _cli(base_python, command, *args)
+        assert proc.returncode == 2
+        assert proc.stdout == ""
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"[CONFIG] airgap-eval {command} needs the {extra} extra")
+        assert f'pip install "airgap-eval[{extra}]"' in lines[0]
+        assert f"{extra} image" in lines[0] and f"--target {extra}" in lines[0]
+        assert seconds < 5
     print(f"{command}: exit {proc.returncode} in {seconds:.2f} s: {lines[0]}")
 
 
-def test_the_modules_checked_are_the_adapter_extras(tmp_path: Path) -> None:
-    """Each distribution of the adapter extra has a module in ADAPTER_MODULES, and each
-    module comes from that extra: the table cannot drift from pyproject.toml."""
-    extra = PYPROJECT["project"]["optional-dependencies"]["adapter"]
-    pulled = _closure(extra)
+def test_upload_runs_on_the_sidecar_install(sidecar_python: Path, tmp_path: Path) -> None:
+    """The sidecar image's install (base + sidecar extra) runs upload's real path: it gets as
+    far as the S3 endpoint."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results.json").write_text("{}")
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    args = ["--once", "--results-dir", str(results), "--dest", "s3://evals/results"]
+    args += ["--job-id", "j", "--benchmark-id", "b", "--endpoint", endpoint, "--deadline", "5"]
+    proc, seconds = _cli(sidecar_python, "upload", *args, env=S3_KEYS)
+    line = _final(proc)
+    assert proc.returncode == ExitCode.UPLOAD and line.startswith("[UPLOAD]"), proc.stderr
+    assert "extra" not in line
+    print(f"upload (sidecar install): exit {proc.returncode} in {seconds:.2f} s: {line}")
+
+
+@pytest.mark.parametrize("extra", ["adapter", "sidecar"])
+def test_the_modules_checked_are_the_extras(extra: str) -> None:
+    """Each distribution of the extra has a module in its list, and each module comes from
+    that extra: the table cannot drift from pyproject.toml."""
+    modules = {"adapter": ADAPTER_MODULES, "sidecar": SIDECAR_MODULES}[extra]
+    requirements = PYPROJECT["project"]["optional-dependencies"][extra]
+    pulled = _closure(requirements)
     owners = md.packages_distributions()
-    for module in ADAPTER_MODULES:
+    for module in modules:
         dists = set(owners.get(module.split(".")[0], []))
-        assert dists & pulled, f"{module} is not installed by the adapter extra"
-    covered = {d for m in ADAPTER_MODULES for d in owners.get(m.split(".")[0], [])}
-    direct = {md.distribution(Requirement(r).name).metadata["Name"] for r in extra}
+        assert dists & pulled, f"{module} is not installed by the {extra} extra"
+    covered = {d for m in modules for d in owners.get(m.split(".")[0], [])}
+    direct = {md.distribution(Requirement(r).name).metadata["Name"] for r in requirements}
     assert direct - {"eval-hub-sdk"} <= covered, direct - covered
 
 

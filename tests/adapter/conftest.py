@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class RunResult:
     code: int
     output: str
     out_dir: Path
+    seconds: float | None = None  # the whole command, start-up included
 
     @property
     def status(self) -> StatusRecord:
@@ -77,6 +79,7 @@ def run_cli(tmp_path: Path) -> Callable[..., RunResult]:
             | {"AIRGAP_EVAL_WORK_DIR": str(tmp_path / "work"), "AIRGAP_EVAL_OUTPUT_DIR": str(out)}
             | (env or {})
         )
+        started = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "adapter", *args],
             cwd=REPO,
@@ -85,6 +88,7 @@ def run_cli(tmp_path: Path) -> Callable[..., RunResult]:
             text=True,
             timeout=timeout,
         )
-        return RunResult(proc.returncode, proc.stdout + proc.stderr, out)
+        seconds = time.monotonic() - started
+        return RunResult(proc.returncode, proc.stdout + proc.stderr, out, seconds)
 
     return run

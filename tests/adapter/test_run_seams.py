@@ -33,8 +33,28 @@ def test_detect_follows_the_offline_rules(tmp_path: Path, tiny_tree: Path) -> No
     assert offline.detect(bundles).offline  # a bundle dir, no manifest
     tok_root = tmp_path / "tok_only"
     (tok_root / "tokenizer").mkdir(parents=True)
-    assert not offline.detect(tok_root).offline
+    # custom data and a Hub tokenizer: a connected cluster's tree, online
+    layout = offline.detect(tok_root, "gpt2")
+    assert not layout.offline and "nothing points at offline" in layout.reason
     assert not offline.detect(tmp_path / "absent").offline
+    # the job's tokenizer under the dir (EvalHub's trigger), absolute or relative
+    assert offline.detect(tok_root, str(tok_root / "tokenizer")).offline
+    assert offline.detect(tok_root, str(tok_root / "not-synced-yet")).offline
+    assert offline.detect(tok_root, "tokenizer").offline
+    # an empty dir (a fresh volume's lost+found and our state dir are not data)
+    empty = tmp_path / "empty"
+    (empty / "lost+found").mkdir(parents=True)
+    layout = offline.detect(empty, "gpt2")
+    assert layout.offline and "empty" in layout.reason
+    # a sync status record: a sync ran here, whatever it left
+    synced = tmp_path / "synced"
+    (synced / ".airgap-eval").mkdir(parents=True)
+    (synced / ".airgap-eval" / "sync-status.json").write_text("{}")
+    (synced / "custom.txt").write_text("x")
+    assert offline.detect(synced, "gpt2").offline
+    # the flag decides when given
+    assert not offline.detect(tiny_tree, requested="off").offline
+    assert offline.detect(tok_root, "gpt2", requested="on").reason == "--offline on"
 
 
 def test_offline_env_is_set_before_the_libraries_import(tiny_tree: Path, tmp_path: Path) -> None:

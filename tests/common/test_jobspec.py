@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from common.jobspec import parse_job_spec, read_spec_file
+from common.jobspec import (
+    EVALHUB_JOB_FIELDS,
+    SPEC_FIELDS,
+    check_fields,
+    parse_job_spec,
+    read_spec_file,
+)
 from sidecar.config import load_job_spec
 
 STANDALONE = {
@@ -38,3 +44,75 @@ def test_missing_required_field_is_named(tmp_path: Path) -> None:
     bad.write_text("{nope")
     with pytest.raises(ConfigError, match="not readable JSON"):
         read_spec_file(bad)
+
+
+# What EvalHub 1.0's server writes to job.json (BuildJobSpec), every field set.
+EVALHUB_JOB = {
+    "id": "a1b2",
+    "provider_id": "lm_evaluation_harness",
+    "benchmark_id": "arc_easy",
+    "benchmark_index": 0,
+    "model": {
+        "url": "http://m:8000/v1",
+        "name": "tiny",
+        "auth": {"secret_ref": "model-secret"},
+        "parameters": {"temperature": 0},
+        "card_url": "https://example.invalid/card",
+    },
+    "num_examples": 10,
+    "parameters": {"num_few_shot": 0},
+    "experiment_name": "exp",
+    "tags": [{"key": "team", "value": "x"}],
+    "callback_url": "http://localhost:8080",
+    "exports": {"oci": {"coordinates": {"oci_host": "r.example", "oci_repository": "o/r"}}},
+}
+
+
+def test_every_field_evalhubs_job_json_carries_is_accepted() -> None:
+    from evalhub.adapter import JobSpec
+
+    assert set(EVALHUB_JOB) == set(EVALHUB_JOB_FIELDS)
+    assert set(SPEC_FIELDS) == set(JobSpec.model_fields)  # the SDK's spec, nothing more
+    check_fields(EVALHUB_JOB)
+    assert parse_job_spec(EVALHUB_JOB).num_examples == 10
+
+
+@pytest.mark.parametrize(
+    ("field", "guess"),
+    [("modle", "model"), ("num_example", "num_examples"), ("callbackurl", "callback_url")],
+)
+def test_an_unknown_top_level_field_is_refused_with_the_closest_name(
+    field: str, guess: str
+) -> None:
+    data = dict(EVALHUB_JOB) | {field: 1}
+    with pytest.raises(ConfigError, match=rf"unknown field '{field}' \(did you mean '{guess}'\?\)"):
+        check_fields(data)
+
+
+def test_an_unknown_model_field_and_one_with_no_close_name() -> None:
+    data = dict(EVALHUB_JOB) | {"zzz": 1, "model": {"url": "u", "nmae": "m"}}
+    with pytest.raises(ConfigError) as err:
+        check_fields(data)
+    assert "unknown field 'zzz'" in err.value.message and "zzz' (did" not in err.value.message
+    assert "unknown field 'model.nmae' (did you mean 'model.name'?)" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_examples", -1),
+        ("num_examples", 0),
+        ("num_examples", "ten"),
+        ("num_examples", 2.5),
+        ("num_examples", True),
+        ("benchmark_index", -1),
+        ("benchmark_index", "0"),
+        ("parameters", [1]),
+        ("tags", "a"),
+        ("id", 7),
+        ("model", "http://m"),
+    ],
+)
+def test_a_bad_value_is_config_naming_its_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"(^|: ){field}: must be"):
+        check_fields(dict(EVALHUB_JOB) | {field: value})

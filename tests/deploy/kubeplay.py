@@ -98,10 +98,11 @@ def pod_from_job(images: dict[str, str], secret_dirs: dict[str, Path]) -> dict[s
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
-def job_spec_configmap(model_url: str) -> dict[str, Any]:
-    """The shipped ConfigMap with the model endpoint replaced."""
+def job_spec_configmap(model_url: str, **fields: Any) -> dict[str, Any]:
+    """The shipped ConfigMap with the model endpoint replaced (and top-level `fields`, e.g.
+    the id and callback_url of a job an EvalHub server knows)."""
     configmap = copy.deepcopy(_one("ConfigMap"))
-    spec = json.loads(configmap["data"]["job.json"])
+    spec = json.loads(configmap["data"]["job.json"]) | fields
     spec["model"]["url"] = model_url
     configmap["data"]["job.json"] = json.dumps(spec, indent=2)
     return configmap

@@ -165,6 +165,7 @@ def test_manifest_mismatch_names_the_file(
         sync(cfg)
     assert not (cfg.dest / "shard-05.arrow").exists()  # a wrong file never lands
     assert (cfg.dest / "shard-04.arrow").read_bytes() == files["data/shard-04.arrow"]
+    assert not (cfg.dest / "manifest.json").exists()  # nothing claims the tree is complete
 
 
 @pytest.mark.parametrize(
@@ -186,7 +187,7 @@ def test_manifest_disagreeing_with_the_bucket(
     cfg = make_config(bucket, "data")
     with pytest.raises(IntegrityError, match=match):
         sync(cfg)
-    assert tree(cfg.dest).keys() <= {"manifest.json"}  # refused before the data moved
+    assert tree(cfg.dest) == {}  # refused before the data (or the manifest) moved
 
 
 def test_tree_without_state_is_hashed_not_downloaded(

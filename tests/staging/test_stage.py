@@ -17,7 +17,7 @@ import pytest
 from common.errors import ConfigError
 from common.layout import MANIFEST_NAME, TOKENIZER_DIR_NAME
 from common.manifest import Manifest, mismatches
-from staging.stage import stage
+from staging.stage import PARTIAL_MANIFEST, stage
 from tasks.index import load_index, resolve_tasks
 from tasks.plan import plan_tasks
 from tasks.slugs import slug
@@ -267,15 +267,42 @@ def test_missing_data_fails_but_keeps_the_rest(
 ) -> None:
     root = tmp_path / "c"
     tasks = write_custom_tasks(root)
-    shutil.rmtree(root / "data" / "csv")
+    shutil.move(root / "data" / "csv", tmp_path / "csv-aside")
     out = tmp_path / "t"
     from common.errors import AirgapError
 
     with pytest.raises(AirgapError, match="csv") as err:
         stage(["stg_qa", "stg_csv"], str(tok_dir), out, include_path=[tasks])
     assert err.value.exit_code != 0 and err.value.hint
-    m = Manifest.load(out / MANIFEST_NAME)  # what did stage is recorded; a rerun adds the rest
+    # no manifest.json claims a complete tree; what did stage is recorded for the rerun
+    assert not (out / MANIFEST_NAME).exists()
+    m = Manifest.load(out / PARTIAL_MANIFEST)
     assert set(m.tasks) == {"stg_qa"}
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "stg" in str(p)}
+
+    shutil.move(tmp_path / "csv-aside", root / "data" / "csv")
+    result = stage(["stg_qa", "stg_csv"], str(tok_dir), out, include_path=[tasks])
+    assert set(Manifest.load(out / MANIFEST_NAME).tasks) == {"stg_qa", "stg_csv"}
+    assert not (out / PARTIAL_MANIFEST).exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # the rest was kept
+    assert result.skipped and not mismatches(out, result.manifest)
+
+
+def test_a_failed_restage_that_rewrote_nothing_keeps_the_complete_claim(
+    tmp_path: Path, tok_dir: Path
+) -> None:
+    root = tmp_path / "c"
+    tasks = write_custom_tasks(root)
+    out = tmp_path / "t"
+    stage(["stg_qa"], str(tok_dir), out, include_path=[tasks])
+    before = (out / MANIFEST_NAME).read_bytes()
+    shutil.rmtree(root / "data" / "csv")
+    from common.errors import AirgapError
+
+    with pytest.raises(AirgapError, match="csv"):
+        stage(["stg_qa", "stg_csv"], str(tok_dir), out, include_path=[tasks])
+    # the tree it lists is unchanged and complete: it claims no more than it holds
+    assert (out / MANIFEST_NAME).read_bytes() == before
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

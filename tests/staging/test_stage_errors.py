@@ -172,6 +172,7 @@ def test_offline_names_what_the_cache_lacks(tmp_path: Path) -> None:
         assert f"dataset {name}" in line
     assert "tokenizer gpt2" in line and "without --offline" in line
     assert len(_item_lines(proc)) == 8  # "loading" and "not fetched" for each of 4 items
+    assert not (tmp_path / "staged" / "manifest.json").exists()  # claims no complete tree
     assert seconds < 60
 
 
