@@ -9,6 +9,8 @@ from pathlib import Path
 from common.errors import UnsafePathError
 
 DEFAULT_TEST_DATA = Path("/test_data")
+# EvalHub's runtimeenv.GitMetadataFile: one line, the synced commit; its sidecar reads it.
+GIT_METADATA = Path("/run/init-metadata/.git-metadata")
 DEFAULT_RESULTS = Path("/results")
 MANIFEST_NAME = "manifest.json"
 # Our own bookkeeping inside a destination tree (sync state, partial downloads, status).

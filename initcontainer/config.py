@@ -8,14 +8,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.engine import ENGINES, Engine, check_engine
 from common.errors import ConfigError
-from common.layout import DEFAULT_TEST_DATA
+from common.layout import DEFAULT_TEST_DATA, GIT_METADATA
 from common.s3settings import TEST_DATA_SECRET_DIR, S3Connection, resolve_connection
 from common.storage import folder, s3_uri
-from initcontainer.git import GIT_METADATA, GitSource, resolve_git
-from initcontainer.git import TIMEOUT_ENV as GIT_TIMEOUT_ENV
+
+if TYPE_CHECKING:
+    from initcontainer.git import GitSource
 
 # EvalHub's default download timeout (service.test_data_ref.download_timeout).
 SYNC_TIMEOUT_S = 600.0
@@ -104,6 +106,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
 def resolve_git_source(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> GitSource:
     """The git source (TEST_DATA_GIT_URL is set): its timeout is --timeout, else
     TEST_DATA_GIT_TIMEOUT, else the unified download timeout, else 10m."""
+    # Deferred: git.py imports the manifest model (pydantic, ~0.1 s), which an S3 sync must
+    # not pay before its whole-folder copy has started.
+    from initcontainer.git import TIMEOUT_ENV as GIT_TIMEOUT_ENV
+    from initcontainer.git import resolve_git
+
     env = os.environ if env is None else env
     timeout_s = SYNC_TIMEOUT_S
     if args.timeout:

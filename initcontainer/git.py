@@ -42,7 +42,7 @@ from common.errors import (
     UnreachableError,
     UnsafePathError,
 )
-from common.layout import MANIFEST_NAME, STATE_DIR_NAME, validate_relative_key
+from common.layout import GIT_METADATA, MANIFEST_NAME, STATE_DIR_NAME, validate_relative_key
 from common.logs import register_secret
 from common.manifest import Manifest, mismatches
 
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 GIT_ENVS = ("TEST_DATA_GIT_URL", "TEST_DATA_GIT_REF", "TEST_DATA_GIT_SUBPATH")
 TIMEOUT_ENV = "TEST_DATA_GIT_TIMEOUT"
 INSECURE_ENV = "TEST_DATA_GIT_INSECURE"
-# EvalHub's runtimeenv.GitMetadataFile: one line, the commit SHA; its sidecar reads it.
-GIT_METADATA = Path("/run/init-metadata/.git-metadata")
 _HEX_SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
 _SYMLINK, _SUBMODULE = "120000", "160000"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,14 @@ def test_timeout_sources() -> None:
 def test_bad_config(env: dict[str, str], flags: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         resolve_config(_args(**flags), env)
+
+
+def test_what_runs_before_the_early_copy_imports_no_pydantic() -> None:
+    """The CLI, its config and the sync's start run before the whole-folder copy begins: the
+    manifest and status models (pydantic, ~0.1 s) load only once the copy is under way."""
+    code = (
+        "import sys, initcontainer.cli, initcontainer.config, initcontainer.start\n"
+        "print(sorted(m for m in ('pydantic', 'initcontainer.git') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
