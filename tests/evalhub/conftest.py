@@ -15,7 +15,7 @@ import pytest
 
 from testbed.localservers import SeaweedS3
 from testbed.tiny import TinyAssets
-from tests.evalhub.server import VERSIONS, EvalHubServer, binary, jobs_dir
+from tests.evalhub.server import VERSIONS, EvalHubServer, jobs_dir, require_binary
 
 # The provider's benchmark entries, as EvalHub's lm_evaluation_harness.yaml has them.
 BENCHMARKS = [
@@ -114,8 +114,7 @@ def hub(
     s3_server: SeaweedS3,
 ) -> Iterator[Hub]:
     version = str(request.param)
-    if not binary(version).is_file():
-        pytest.skip(f"eval-hub-server {version} not installed: run `make setup-evalhub`")
+    require_binary(version)
     root = tmp_path_factory.mktemp(f"evalhub-{version}")
     bucket = f"evalhub-{version.replace('.', '-')}"
     s3_server.create_bucket(bucket)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from testbed.localservers import free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +26,12 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 def binary(version: str) -> Path:
     return INSTALL_ROOT / version / "bin" / "eval-hub"
+
+
+def require_binary(version: str) -> None:
+    """`make test` installs every version these tests use: a missing one is a setup error."""
+    if not binary(version).is_file():
+        pytest.fail(f"eval-hub-server {version} not installed: run `make setup-evalhub`")
 
 
 class EvalHubServer:

@@ -23,7 +23,7 @@ from testbed.collections import build_collection_bundles, build_punkt_tab
 from testbed.modelserver import VLLMServer
 from testbed.tiny import TinyAssets
 from tests.evalhub.conftest import ADAPTER
-from tests.evalhub.server import EvalHubServer, binary, jobs_dir
+from tests.evalhub.server import EvalHubServer, jobs_dir, require_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -65,8 +65,7 @@ def tree(
 def server(
     collection: dict[str, Any], tree: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EvalHubServer]:
-    if not binary(VERSION).is_file():
-        pytest.skip(f"eval-hub-server {VERSION} not installed: run `make setup-evalhub`")
+    require_binary(VERSION)
     root = tmp_path_factory.mktemp("evalhub-collection")
     (root / "adapter.sh").write_text(ADAPTER)
     provider = {

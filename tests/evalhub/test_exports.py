@@ -16,7 +16,7 @@ from testbed.localservers import MlflowServer, OciRegistry
 from testbed.modelserver import VLLMServer
 from testbed.tiny import TinyAssets
 from tests.evalhub.conftest import ADAPTER, provider
-from tests.evalhub.server import EvalHubServer, binary, jobs_dir
+from tests.evalhub.server import EvalHubServer, jobs_dir, require_binary
 from tests.exports import default_tag, mlflow_run, mlflow_runs, pull
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -30,8 +30,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, tiny_assets: TinyAssets,
     oci_registry: OciRegistry, mlflow_server: MlflowServer,
 ) -> Iterator[EvalHubServer]:  # fmt: skip
-    if not binary(VERSION).is_file():
-        pytest.fail(f"eval-hub-server {VERSION} not installed: run `make setup-evalhub`")
+    require_binary(VERSION)
     root = tmp_path_factory.mktemp("evalhub-exports")
     (root / "adapter.sh").write_text(ADAPTER)
     env = {
