@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from testbed.inthread import close_server, serve_in_thread
 
 _CGI_VARS = (
     "REQUEST_METHOD", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH", "PATH_INFO",
@@ -114,14 +115,11 @@ class GitHttpServer:
             "127.0.0.1", self.port, self._app,
             server_class=_ThreadingServer, handler_class=_QuietHandler,
         )  # fmt: skip
-        self.port = int(self._server.server_address[1])
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.port = serve_in_thread(self._server)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        close_server(self._server)
 
     def __enter__(self) -> GitHttpServer:
         return self.start()

@@ -11,13 +11,14 @@ import hashlib
 import json
 import secrets
 import subprocess
-import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from testbed.inthread import close_server, serve_in_thread
 
 SERVICE = "airgap-test-registry"
 ISSUER = "airgap-test-token-issuer"
@@ -127,11 +128,8 @@ class TokenService:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.port = serve_in_thread(self._server)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        close_server(self._server)
