@@ -187,6 +187,7 @@ def run(
     if fewshot_as_multiturn is not None:
         optional["fewshot_as_multiturn"] = fewshot_as_multiturn
     seam.quiet_git_probe()
+    seam.compile_templates_once()
     try:
         results = simple_evaluate(
             model=lm,

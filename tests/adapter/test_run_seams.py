@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,6 +164,30 @@ def test_read_only_test_data_works_and_stays_untouched(installed: Path) -> None:
     finally:
         for p in [installed, *installed.rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_templates_are_compiled_once_and_render_as_lm_eval_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lm_eval.utils
+
+    shipped = lm_eval.utils.apply_template
+    monkeypatch.setattr(lm_eval.utils, "apply_template", shipped)  # restored afterwards
+    compiled: list[str] = []
+    from_string = lm_eval.utils.env.from_string
+
+    def counting(source: str) -> Any:
+        compiled.append(source)
+        return from_string(source)
+
+    monkeypatch.setattr(lm_eval.utils.env, "from_string", counting)
+    seam.compile_templates_once()
+    seam.compile_templates_once()  # idempotent: one cache
+    template = "Question: {{question | regex_replace('  ', ' ')}}\nAnswer:{{' ' + answer}}"
+    docs = [{"question": f"q{i}  ?", "answer": str(i)} for i in range(5)]
+    ours = [lm_eval.utils.apply_template(template, d) for d in docs]
+    assert ours == [shipped(template, d) for d in docs]
+    assert compiled.count(template) == 1 + len(docs)  # ours once, lm_eval's once per doc
 
 
 # --- the egress guard ------------------------------------------------------------------------
