@@ -48,7 +48,7 @@ from adapter.concurrency import Gate, Limit
 log = logging.getLogger(__name__)
 
 TOKENIZE_AHEAD = 1024  # requests tokenized in one call, ahead of lm_eval's encoding loop
-AUTO_BATCH = int(__import__("os").environ.get("X_BATCH", 8))  # loglikelihood prompts per request when the spec sets no batch_size
+AUTO_BATCH = 8  # loglikelihood prompts per request when the spec sets no batch_size
 FATAL = frozenset({400, 401, 403, 404, 405, 413, 422})
 TURN_AWAY = frozenset({429, 503})
 MAX_PAUSE = 30.0  # an absurd Retry-After is capped
