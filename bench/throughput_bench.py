@@ -27,9 +27,9 @@ Printed: whole-job seconds (spawn to exit) and the request phase (first request 
 seen by the stub) of each, their ratios, req/s, and every metric side by side (must be equal).
 
 Client ceiling (`--ceiling`, also part of a full run): loglikelihood requests per second through
-lm_eval's `loglikelihood` (tokenizing, CachingLM's sqlite cache, HTTP, parsing) against the
-stub at 0 ms and unlimited slots, for our model class (defaults; and one prompt per request)
-and lm_eval's own `local-completions` at num_concurrent 64.
+`loglikelihood` (tokenizing, the request cache, HTTP, parsing) against the stub at 0 ms and
+unlimited slots, for our model class with our request cache (defaults; and one prompt per
+request) and lm_eval's own `local-completions` in its CachingLM at num_concurrent 64.
 
     python bench/throughput_bench.py                 # the full stub comparison + ceiling
     python bench/throughput_bench.py --docs 300      # quick
@@ -237,6 +237,7 @@ from pathlib import Path
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import CachingLM
 from lm_eval.models.openai_completions import LocalCompletionsAPI
+from adapter.cache import RequestCache
 from adapter.harness import CompletionsLM
 from adapter.progress import RunProgress
 url, tokenizer, kind, n_docs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -245,12 +246,13 @@ reqs = [Instance("loglikelihood", r, (f"Question: {r['question']}\nAnswer:", " "
         for i, (r, c) in enumerate((r, c) for r in rows for c in r["choices"]["text"])]
 common = dict(model="tiny", base_url=url, tokenizer=tokenizer, tokenizer_backend="huggingface",
               max_length=2048, max_retries=3)
+db = tempfile.mkdtemp() + "/cache"
 if kind == "plain":
-    lm = LocalCompletionsAPI(num_concurrent=64, **common)
+    cached = CachingLM(LocalCompletionsAPI(num_concurrent=64, **common), db)
 else:
-    lm = CompletionsLM(num_concurrent=None, batch_size=None if kind == "ours" else 1, **common)
-    lm.progress = RunProgress()
-cached = CachingLM(lm, tempfile.mkdtemp() + "/cache")
+    cached = CompletionsLM(num_concurrent=None, batch_size=None if kind == "ours" else 1, **common)
+    cached.progress = RunProgress()
+    cached.use_request_cache(RequestCache(db + "_rank0.db"))
 t0 = time.monotonic()
 out = cached.loglikelihood(reqs)
 print(json.dumps({"requests": len(reqs), "seconds": time.monotonic() - t0,
