@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # tests/test_cli.py checks these against pyproject.toml's extras.
 # eval-hub-sdk[adapter]: evalhub.adapter imports these (the sidecar's callbacks, OCI export)
 SIDECAR_MODULES = ("httpx", "oras", "olot", "opentelemetry.sdk")
-ADAPTER_MODULES = ("lm_eval", "datasets", "transformers", *SIDECAR_MODULES)
+ADAPTER_MODULES = ("lm_eval", "datasets", "transformers", "orjson", *SIDECAR_MODULES)
 NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "upload": ("sidecar", SIDECAR_MODULES),
     "run": ("adapter", ADAPTER_MODULES),
