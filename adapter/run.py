@@ -106,9 +106,13 @@ class Evaluated:
 
 def _import_heavy() -> None:
     # The tokenizer classes transformers would import lazily on the first
-    # AutoTokenizer.from_pretrained (~1 s of a start-up otherwise); lm_eval, datasets, aiohttp.
-    # A failure is left to the main thread's own import, which reports it as an error.
+    # AutoTokenizer.from_pretrained (~1 s of a start-up otherwise), its model table read once
+    # (seam); lm_eval, datasets, aiohttp. A failure is left to the main thread's own import,
+    # which reports it as an error.
     with contextlib.suppress(Exception):
+        from adapter import seam
+
+        seam.share_models_scan()
         from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
         from adapter import harness  # noqa: F401
