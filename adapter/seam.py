@@ -155,7 +155,8 @@ def share_models_scan() -> None:
 
     import transformers.utils.import_utils as iu
 
-    scan = getattr(iu, "create_import_structure_from_path", None)
+    name = "create_import_structure_from_path"
+    scan: Any = getattr(iu, name, None)
     if "transformers.models" in sys.modules or not hasattr(scan, "cache_info"):
         return
 
@@ -164,11 +165,11 @@ def share_models_scan() -> None:
         path = str(module_path)
         return scan(Path(os.path.dirname(path)) if os.path.isfile(path) else module_path)
 
-    iu.create_import_structure_from_path = by_dir
+    setattr(iu, name, by_dir)
     try:
         import transformers.models  # noqa: F401
     finally:
-        iu.create_import_structure_from_path = scan
+        setattr(iu, name, scan)
 
 
 def uninstall() -> None:
