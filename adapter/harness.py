@@ -1,7 +1,8 @@
 """Running lm_eval as shipped: `simple_evaluate` over tasks built from the prebuilt index's
 folders, against lm_eval's `local-completions` (or `local-chat-completions`) with our request
 loop (adapter.client, registered as `airgap-completions`), with the request cache on
-(finished requests survive a crash and a rerun skips them), then EvaluationTracker output.
+(adapter.cache: finished requests survive a crash and a rerun skips them), then
+EvaluationTracker output.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import requests
-from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.evaluator import simple_evaluate
 from lm_eval.loggers import EvaluationTracker
@@ -26,6 +26,7 @@ from lm_eval.tasks import TaskManager
 from lm_eval.utils import make_table
 
 from adapter import seam
+from adapter.cache import CachingMixin, RequestCache
 from adapter.client import AdaptiveRequests
 from adapter.progress import ProgressMixin, RunProgress
 from common.errors import (
@@ -42,13 +43,14 @@ log = logging.getLogger(__name__)
 
 
 @register_model("airgap-completions")
-class CompletionsLM(ProgressMixin, AdaptiveRequests, LocalCompletionsAPI):
-    """lm_eval's `local-completions`, counting finished requests, with our request loop
-    (adapter.client: adaptive concurrency, turn-aways, several prompts per request)."""
+class CompletionsLM(CachingMixin, ProgressMixin, AdaptiveRequests, LocalCompletionsAPI):
+    """lm_eval's `local-completions`, answering from our request cache, counting finished
+    requests, with our request loop (adapter.client: adaptive concurrency, turn-aways,
+    several prompts per request)."""
 
 
 @register_model("airgap-chat-completions")
-class ChatLM(ProgressMixin, AdaptiveRequests, LocalChatCompletion):
+class ChatLM(CachingMixin, ProgressMixin, AdaptiveRequests, LocalChatCompletion):
     """lm_eval's `local-chat-completions`, the same way."""
 
 
@@ -94,7 +96,7 @@ class ModelSettings:
         return str(cache_dir / f"{safe}-{digest}")
 
 
-def make_lm(settings: ModelSettings, progress: RunProgress) -> LM:
+def make_lm(settings: ModelSettings, progress: RunProgress) -> CompletionsLM | ChatLM:
     cls = ChatLM if settings.model_type == "chat" else CompletionsLM
     lm = cls(**settings.lm_args())
     lm.progress = progress
@@ -156,7 +158,7 @@ def _failure(e: BaseException, progress: RunProgress, cache: str) -> AirgapError
 
 
 def run(
-    lm: LM,
+    lm: CompletionsLM | ChatLM,
     built: BuiltTasks,
     *,
     cache: str,
@@ -188,13 +190,16 @@ def run(
         optional["fewshot_as_multiturn"] = fewshot_as_multiturn
     seam.quiet_git_probe()
     seam.compile_templates_once()
+    db = Path(f"{cache}_rank0.db")  # lm_eval's name for it
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store = RequestCache(str(db))
+    lm.use_request_cache(store)
     try:
         results = simple_evaluate(
             model=lm,
             tasks=built.top,
             task_manager=built.manager,
             num_fewshot=num_fewshot,
-            use_cache=cache,
             limit=limit,
             log_samples=log_samples,
             evaluation_tracker=tracker,
@@ -210,6 +215,8 @@ def run(
     except Exception as e:
         log.debug("evaluation failed", exc_info=True)
         raise _failure(e, progress, cache) from None
+    finally:
+        store.close()
     if results is None:
         raise EvaluationError("lm_eval returned no results", "see the log above")
     return results

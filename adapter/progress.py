@@ -19,6 +19,8 @@ from typing import Any
 
 from lm_eval.api.model import CacheHook, hash_args
 
+from adapter.cache import uncacheable
+
 log = logging.getLogger(__name__)
 
 # An ETA from the first answers is noise (warm-up, the shortest requests first): it is shown
@@ -27,11 +29,20 @@ ETA_AFTER_SHARE = 0.05
 ETA_AFTER_S = 5.0
 
 
-def _cached(inst: Any, cache: Any) -> bool:
-    """As lm_eval's CachingLM decides it (sampled generations are never served from it)."""
-    if inst.request_type == "generate_until" and inst.args[1].get("do_sample", False):
-        return False
-    return hash_args(inst.request_type, inst.args) in cache
+def _cached(inst: Any, keys: set[str]) -> bool:
+    return not uncacheable(inst.request_type, inst.args) and (
+        hash_args(inst.request_type, inst.args) in keys
+    )
+
+
+def _key(method: str, args: Any) -> Any:
+    """What finds a request again when its answer comes: its args themselves where they can
+    be a dict key (a loglikelihood's two strings), else lm_eval's hash of them."""
+    try:
+        hash(args)
+    except TypeError:
+        return hash_args(method, args)
+    return method, args
 
 
 class RunProgress:
@@ -53,7 +64,7 @@ class RunProgress:
         self._left = 0  # what this run had to ask for when it started
         self._answered = 0  # answered in this run
         self._first: float | None = None  # when this run's first answer came
-        self._pending: dict[str, list[str]] = defaultdict(list)  # request hash -> task names
+        self._pending: dict[Any, list[str]] = defaultdict(list)  # request key -> task names
         self._lock = threading.Lock()
         self._last_log = 0.0
 
@@ -61,7 +72,7 @@ class RunProgress:
         for name, task in self.tasks.items():
             for inst in getattr(task, "instances", None) or []:
                 self.total[name] += inst.repeats
-                if cache is not None and _cached(inst, cache):
+                if cache and _cached(inst, cache):
                     self.done[name] += inst.repeats
                     self.from_cache += inst.repeats
         self._from_tasks = bool(self.total)
@@ -73,7 +84,7 @@ class RunProgress:
             )  # fmt: skip
 
     def expect(self, method: str, requests: list[Any], cache: Any = None) -> None:
-        """`requests`: what the model is asked for now; `cache`: the request cache's dict."""
+        """`requests`: what the model is asked for now; `cache`: the request cache's keys."""
         with self._lock:
             if not self._counted:
                 self._counted = True
@@ -84,13 +95,13 @@ class RunProgress:
                 if not self._from_tasks:
                     self.total[task] += 1
                     self._left += 1
-                self._pending[hash_args(method, req.args)].append(task)
+                self._pending[_key(method, req.args)].append(task)
 
     def finished(self, method: str, args: Any) -> None:
         if args is None:  # an inner call (rolling windows) with no request of its own
             return
         with self._lock:
-            tasks = self._pending.get(hash_args(method, args))
+            tasks = self._pending.get(_key(method, args))
             if not tasks:
                 return
             self.done[tasks.pop()] += 1
@@ -165,7 +176,8 @@ class ProgressMixin:
         super().set_cache_hook(_CountingHook(cache_hook, self.progress))  # type: ignore[misc]
 
     def _request_cache(self) -> Any:
-        return getattr(getattr(self, "cache_hook", None), "dbdict", None)
+        cache = getattr(self, "request_cache", None)  # adapter.cache.CachingMixin's
+        return cache.keys if cache is not None else None
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> Any:
         self.progress.expect("loglikelihood", requests, self._request_cache())

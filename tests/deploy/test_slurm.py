@@ -312,9 +312,9 @@ def test_requeued_job_resumes_from_the_request_cache(
         for line in path.read_text().splitlines()
     ]
     requests = sum(len(s["arguments"]) for s in samples)
-    # lm_eval's own account of the rerun, and what actually reached the model.
+    # the adapter's account of the rerun, and what actually reached the model.
     log = (results / "logs" / "adapter.log").read_text()
-    found = re.findall(r"Cached requests: (\d+), Requests remaining: (\d+)", log)
+    found = re.findall(r"(\d+) of \d+ answers from the request cache, (\d+) to ask for", log)
     cached, remaining = (int(n) for n in found[-1])
     assert cached + remaining == requests
     # The first run sent the endpoint check and one request per finished doc choice; at most
