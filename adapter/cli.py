@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None, prog: str = "airgap-eval run") -> int:
         log.warning("cannot write the log into %s: %s", settings.output_dir, e)
     _say_defaults(settings, fresh)
 
-    from adapter.run import Run  # after logging: its imports are the SDK's (~0.4 s)
+    from adapter.run import Run  # after logging
 
     status = StatusRecord(component="run")
     writer = StatusWriter(settings.output_dir, status, heartbeat_s=settings.heartbeat_s)

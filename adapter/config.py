@@ -2,9 +2,10 @@
 
 Three steps, all here: `resolve` reads the flags and the environment (where the results go,
 where the data lies: known before anything can fail with a status record), `read_job` reads
-the job spec once, light (its parameters and task names: a `Job`), then `prepare_job` parses
-it with eval-hub-sdk and freezes everything the run needs into a `RunConfig` (a `Job` plus
-the SDK's spec and the API key). Flags override spec fields
+the job spec once, light (its parameters and task names: a `Job`), then `prepare_job` freezes
+everything the run needs into a `RunConfig` (a `Job` plus the API key; eval-hub-sdk parses the
+spec first when the job needs the SDK before its first request, `Job.sdk_first`). Flags
+override spec fields
 (`--tasks`, `--model-url`, `--param`); env settings beat the spec's (`AIRGAP_EVAL_CACHE_DIR`
 over `parameters.cache_dir`, `OPENAI_API_KEY` over the model auth secret file).
 """
@@ -22,13 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from adapter.parameters import RunParameters, parse_parameters, task_names
 from common.errors import ConfigError
-from common.jobspec import STANDALONE_DEFAULTS, check_fields, parse_job_spec, read_spec_file
+from common.jobspec import SDK_CHECKED, STANDALONE_DEFAULTS, check_fields, read_spec_file
 from common.layout import DEFAULT_RESULTS, DEFAULT_TEST_DATA
 
 if TYPE_CHECKING:
     from evalhub.adapter import JobSpec
 
 DEFAULT_JOB_SPEC = Path("/meta/job.json")  # where EvalHub mounts it (k8s mode)
+# eval-hub-sdk reads model credentials from here when the spec has no model.auth
+# (evalhub.adapter.auth._MODEL_AUTH_DIR, held equal by tests/adapter/test_run_spec.py)
+MODEL_AUTH_MOUNT = Path("/var/run/secrets/model")
 
 
 @dataclass(frozen=True)
@@ -282,12 +286,33 @@ class Job:
         url = self.data.get("callback_url")
         return url if isinstance(url, str) and url else None
 
+    @property
+    def model_name(self) -> str:
+        return str(self.data["model"]["name"])
+
+    @property
+    def num_examples(self) -> int | None:
+        n = self.data.get("num_examples")
+        return int(n) if n is not None else None
+
+    @property
+    def sdk_first(self) -> bool:
+        """Whether eval-hub-sdk is needed before the first model request: to send phase events
+        (a callback URL), to read model credentials (model.auth, or the secret EvalHub mounts),
+        or to check fields only its parse checks. Else it is imported at publish: ~0.3 s less
+        start-up (check_fields has then checked all the SDK would)."""
+        return bool(
+            self.callback_url
+            or self.data["model"].get("auth") is not None
+            or any(k in self.data for k in SDK_CHECKED)
+            or MODEL_AUTH_MOUNT.exists()
+        )
+
 
 @dataclass(frozen=True)
 class RunConfig(Job):
     """Everything one run needs, resolved once (`prepare_job`); the steps only read it."""
 
-    spec: JobSpec
     api_key: str | None = field(repr=False)
 
 
@@ -307,30 +332,30 @@ def read_job(settings: Settings) -> Job:
     return Job(settings, data, params, tuple(tasks), include)
 
 
-def prepare_job(job: Job, env: Mapping[str, str]) -> RunConfig:
-    spec = parse_job_spec(job.data, f"job spec {job.settings.job_spec or '(from flags)'}")
+def prepare_job(job: Job, env: Mapping[str, str], spec: JobSpec | None) -> RunConfig:
+    """`spec`: eval-hub-sdk's parse of the spec, when the job needs it now (`sdk_first`)."""
     return RunConfig(
         settings=job.settings,
         data=job.data,
         params=job.params,
         tasks=job.tasks,
         include_path=job.include_path,
-        spec=spec,
         api_key=model_api_key(job.settings, job.data, spec, env),
     )
 
 
 def model_api_key(
-    settings: Settings, data: dict[str, Any], spec: JobSpec, env: Mapping[str, str]
+    settings: Settings, data: dict[str, Any], spec: JobSpec | None, env: Mapping[str, str]
 ) -> str | None:
-    """OPENAI_API_KEY, else the `api-key` file of the SDK's model auth secret dir."""
-    from evalhub.adapter.auth import resolve_model_credentials
-
+    """OPENAI_API_KEY, else the `api-key` file of the SDK's model auth secret dir (none to
+    read without `spec`: no model.auth and no mounted secret)."""
     # The SDK finds model.auth by reading the spec file at EVALHUB_JOB_SPEC_PATH. The file
     # we read serves when the SDK's strict parse accepts it; a stand-alone spec with
     # model.auth lacks fields the SDK requires, so only then is a complete copy written.
-    if spec.model.auth is not None and (
-        settings.job_spec is None or any(k not in data for k in STANDALONE_DEFAULTS)
+    if (
+        spec is not None
+        and spec.model.auth is not None
+        and (settings.job_spec is None or any(k not in data for k in STANDALONE_DEFAULTS))
     ):
         settings.work_dir.mkdir(parents=True, exist_ok=True)
         complete = settings.work_dir / "job.json"
@@ -338,6 +363,10 @@ def model_api_key(
         os.environ["EVALHUB_JOB_SPEC_PATH"] = str(complete)
     elif settings.job_spec is not None:
         os.environ["EVALHUB_JOB_SPEC_PATH"] = str(settings.job_spec)
+    if spec is None:
+        return env.get("OPENAI_API_KEY") or None
+    from evalhub.adapter.auth import resolve_model_credentials
+
     try:
         creds = resolve_model_credentials()
     except ValueError as e:

@@ -14,7 +14,7 @@ the OCI artifact and logs the MLflow run before its terminal event; with `sideca
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,23 +44,22 @@ TerminalOwner = Literal["adapter", "sidecar"]
 _PHASES = {p.value: p for p in JobPhase}
 
 
-JobBody = Callable[[JobSpec, JobCallbacks], JobResults]
-
-
 class SdkAdapter(FrameworkAdapter):
-    """eval-hub-sdk's provider contract around our job body. The spec is the one we parsed
-    (stand-alone defaults, flag overrides) rather than the SDK's strict re-read; in return
-    `DefaultCallbacks.from_adapter` wires the SDK's own settings (TLS, OCI, MLflow, tracing)."""
+    """eval-hub-sdk's provider contract: what `DefaultCallbacks.from_adapter` wires the SDK's
+    own settings (TLS, OCI, MLflow, tracing) from. The spec is the one we parsed (stand-alone
+    defaults, flag overrides) rather than the SDK's strict re-read. adapter.run runs the job's
+    steps itself, so that the SDK is imported only when the job needs it (at publish when it
+    has no callback URL)."""
 
-    def __init__(self, spec: JobSpec, body: JobBody) -> None:
-        self._parsed_spec, self._body = spec, body
+    def __init__(self, spec: JobSpec) -> None:
+        self._parsed_spec = spec
         super().__init__(settings=AdapterSettings.from_env())
 
     def _load_job_spec(self) -> JobSpec:
         return self._parsed_spec
 
     def run_benchmark_job(self, config: JobSpec, callbacks: JobCallbacks) -> JobResults:
-        return self._body(config, callbacks)
+        raise NotImplementedError("adapter.run.Run runs the job's steps")
 
 
 class Events:

@@ -5,15 +5,18 @@
     resolve    task names -> leaf tasks, config folders, bundles (once, from the task index)
     check_data the fast verdict: code-executing tasks allowed, packages present, then offline
                the tree, tokenizer files, assets (manifest read once, no data read)
-    prepare    eval-hub-sdk's spec and the API key: the frozen `RunConfig`
+    prepare    the API key: the frozen `RunConfig` (and eval-hub-sdk's spec, callbacks, when
+               the job needs them before the first request: `Job.sdk_first`)
     preflight  online the tokenizer, then the chat template and the endpoint
     load       each bundle loaded once, the tasks built, task/endpoint compatibility, the model
     evaluate   lm_eval's simple_evaluate against the endpoint (request cache on)
     publish    results + samples (redacted), metrics, the SDK's JobResults
 
 A job whose data is not there fails in the first three steps, before eval-hub-sdk, lm_eval,
-datasets or transformers are imported (< 1 s); those are imported on a thread while the
-endpoint probe waits on the network.
+datasets or transformers are imported (< 1 s); the last three are imported on a thread while
+the endpoint probe waits on the network. eval-hub-sdk, the results writers and the metric
+mapping are not needed for the first request: a job without a callback URL, model auth or
+the spec fields only the SDK checks imports them at publish (~0.3 s less start-up).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,7 @@ from adapter.config import Job, RunConfig, Settings, prepare_job, read_job
 from adapter.parameters import MAX_CONCURRENT, api_base, endpoint_url
 from common.atomic import atomic_write
 from common.errors import AirgapError, MissingDataError
+from common.jobspec import parse_job_spec
 from common.logs import register_secret
 from tasks.code import missing_packages, unsafe_tasks
 from tasks.datacheck import TreeCheck, stage_command, tokenizer_dir
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     from evalhub.adapter import JobResults, JobSpec
     from lm_eval.loggers import EvaluationTracker
 
-    from adapter.events import Events, SdkAdapter
+    from adapter.events import Events
     from adapter.harness import BuiltTasks, ModelSettings
     from adapter.outputs import StatusWriter
     from adapter.progress import RunProgress
@@ -106,16 +109,16 @@ class Evaluated:
 
 def _import_heavy() -> None:
     # The tokenizer classes transformers would import lazily on the first
-    # AutoTokenizer.from_pretrained (~1 s of a start-up otherwise); lm_eval, datasets, aiohttp.
-    # A failure is left to the main thread's own import, which reports it as an error.
+    # AutoTokenizer.from_pretrained (~1 s of a start-up otherwise), its model table read once
+    # (seam); lm_eval, datasets, aiohttp. A failure is left to the main thread's own import,
+    # which reports it as an error.
     with contextlib.suppress(Exception):
+        from adapter import seam
+
+        seam.share_models_scan()
         from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
         from adapter import harness  # noqa: F401
-
-
-def _not_run() -> JobResults:
-    raise AssertionError("connected only to report a failure")
 
 
 class Run:
@@ -148,20 +151,20 @@ class Run:
                 self._connect_to_report(job)
                 raise
             cfg = self.prepare(job)
-            adapter = self._connect(cfg, lambda: self._job(cfg, resolved, data, start))
-            assert self.events is not None
-            self.results = adapter.run_benchmark_job(adapter.job_spec, self.events.callbacks)
+            self.results = self._job(cfg, resolved, data, start)
         finally:
             self.writer.stop()
 
-    def _connect(self, cfg: RunConfig, body: Callable[[], JobResults]) -> SdkAdapter:
-        from adapter.events import Events, SdkAdapter  # eval-hub-sdk: ~0.4 s of imports
+    def _connect(self, spec: JobSpec) -> Events:
+        from adapter.events import Events, SdkAdapter  # eval-hub-sdk: ~0.3 s of imports
 
-        adapter = SdkAdapter(cfg.spec, lambda _spec, _callbacks: body())
         self.events = Events(
-            adapter, "sidecar" if self.settings.terminal_events == "sidecar" else "adapter"
+            SdkAdapter(spec), "sidecar" if self.settings.terminal_events == "sidecar" else "adapter"
         )
-        return adapter
+        return self.events
+
+    def _spec(self, job: Job) -> JobSpec:
+        return parse_job_spec(job.data, f"job spec {job.settings.job_spec or '(from flags)'}")
 
     def _connect_to_report(self, job: Job) -> None:
         """A job that failed before the SDK was loaded still reports `failed` to EvalHub
@@ -169,12 +172,12 @@ class Run:
         if job.callback_url is None or self.settings.terminal_events != "adapter":
             return
         with contextlib.suppress(AirgapError):
-            self._connect(self.prepare(job), _not_run)
+            self.prepare(job)  # a callback URL: it connects the SDK (`Job.sdk_first`)
 
     def _job(
         self, cfg: RunConfig, resolved: Resolved, data: DataVerdict, start: float
     ) -> JobResults:
-        """The body of the SDK's run_benchmark_job."""
+        """The job's body, from preflight to the SDK's JobResults."""
         if self.events is not None:
             self.events.phase("initializing")  # status.json has said so since the start
         checked = self.preflight(cfg, data)
@@ -188,9 +191,14 @@ class Run:
     # --- prepare ------------------------------------------------------------------------
 
     def prepare(self, job: Job) -> RunConfig:
-        """The run configuration, resolved once (eval-hub-sdk's spec, the API key)."""
-        cfg = prepare_job(job, os.environ)
-        self.status.job_id, self.status.benchmark_id = cfg.spec.id, cfg.spec.benchmark_id
+        """The run configuration, resolved once (the API key); eval-hub-sdk's spec and
+        callbacks first when the job needs them before its first request."""
+        spec = self._spec(job) if job.sdk_first else None
+        cfg = prepare_job(job, os.environ, spec)  # sets the CA the SDK's client uses
+        if spec is not None:
+            self._connect(spec)
+        self.status.job_id = str(job.data["id"])
+        self.status.benchmark_id = str(job.data["benchmark_id"])
         register_secret(cfg.api_key)
         if cfg.api_key:
             os.environ["OPENAI_API_KEY"] = cfg.api_key  # lm_eval's API models read it here
@@ -258,7 +266,7 @@ class Run:
         completions = p.model_type == "completions"
         tokenizer = data.tokenizer
         if not self.offline and completions:
-            tokenizer = p.tokenizer or cfg.spec.model.name
+            tokenizer = p.tokenizer or cfg.model_name
             if problem := preflight.online_tokenizer_problem(tokenizer, s.online_timeout_s):
                 preflight.fail_on_problems(
                     [problem],
@@ -270,8 +278,8 @@ class Run:
         importer = threading.Thread(target=_import_heavy, name="heavy-imports", daemon=True)
         try:
             endpoint = preflight.check_endpoint(
-                api_base(cfg.spec.model.url),
-                cfg.spec.model.name,
+                api_base(cfg.model_url),
+                cfg.model_name,
                 p.model_type,
                 cfg.api_key,
                 verify=p.verify_certificate,
@@ -305,7 +313,7 @@ class Run:
             install_metrics(s.test_data, Path(os.environ["HF_MODULES_CACHE"]))
         settings = model_settings(cfg, checked)
         metadata: dict[str, Any] = {
-            "pretrained": cfg.spec.model.name,
+            "pretrained": cfg.model_name,
             "tokenizer": checked.tokenizer,
             "max_length": settings.max_length,
         } | (p.metadata or {})
@@ -331,7 +339,7 @@ class Run:
         s, p = cfg.settings, cfg.params
         cache = loaded.settings.cache_file(s.request_cache_dir(p.cache_dir))
         s.output_dir.mkdir(parents=True, exist_ok=True)
-        limit = cfg.spec.num_examples if cfg.spec.num_examples is not None else p.limit
+        limit = cfg.num_examples if cfg.num_examples is not None else p.limit
         runs = []
         run_seeds = criteria.seeds(p.seed, p.repetitions)
         for i, seed in enumerate(run_seeds):
@@ -374,11 +382,11 @@ class Run:
         self, cfg: RunConfig, settings: ModelSettings, runs: list[Evaluated], seconds: float
     ) -> JobResults:
         from adapter import harness
-        from adapter.events import job_results, primary_definition
         from adapter.outputs import redact_files
         from common.evalhub_metrics import Metrics, evalhub_metrics, primary_score
 
-        spec, p = cfg.spec, cfg.params
+        p = cfg.params
+        benchmark = str(cfg.data["benchmark_id"])
         per_run: list[tuple[int | None, Metrics, list[str]]] = []
         files: list[Path] = []
         for run in runs:
@@ -387,11 +395,16 @@ class Run:
             )
             redact_files(written)
             files += written
-            metrics = evalhub_metrics(run.results, spec.benchmark_id, list(cfg.tasks))
+            metrics = evalhub_metrics(run.results, benchmark, list(cfg.tasks))
             per_run.append((run.seed, metrics, [f.name for f in written]))
+        # eval-hub-sdk from here on, when nothing needed it before the first request
+        events = self.events or self._connect(self._spec(cfg))
+        from adapter.events import job_results, primary_definition
+
+        spec = events.spec
         metrics = criteria.mean_metrics([m for _, m, _ in per_run])
         self.status.metrics = metrics
-        definition = primary_definition(spec, self.events.callbacks) if self.events else None
+        definition = primary_definition(spec, events.callbacks)
         self.status.primary_score = primary_score(metrics, definition)
         if len(runs) > 1:
             self.status.repetitions = criteria.repetitions_summary(per_run, metrics)
@@ -403,7 +416,7 @@ class Run:
         self.status.criteria = (
             criteria.evaluate_criteria(
                 [r.results for r in runs],
-                _main_task(runs[0].results, spec, cfg.tasks),
+                _main_task(runs[0].results, benchmark, cfg.tasks),
                 metrics,
                 (p.secondary_metric, p.secondary_threshold),
                 (p.blocking_subtask, p.blocking_subtask_threshold),
@@ -434,20 +447,20 @@ class Run:
         )
 
 
-def _main_task(results: dict[str, Any], spec: JobSpec, tasks: tuple[str, ...]) -> str:
+def _main_task(results: dict[str, Any], benchmark: str, tasks: tuple[str, ...]) -> str:
     """The lm_eval name standing for the benchmark (as common.evalhub_metrics picks it)."""
     known = results.get("results", {}).keys() | (results.get("group_subtasks") or {}).keys()
-    return spec.benchmark_id if spec.benchmark_id in known else tasks[0]
+    return benchmark if benchmark in known else tasks[0]
 
 
 def model_settings(cfg: RunConfig, checked: Checked) -> ModelSettings:
     """The lm_eval API model's settings, from the spec and what the endpoint advertises."""
     from adapter import harness
 
-    p, model = cfg.params, cfg.spec.model
+    p = cfg.params
     return harness.ModelSettings(
-        name=model.name,
-        url=endpoint_url(model.url, p.model_type),
+        name=cfg.model_name,
+        url=endpoint_url(cfg.model_url, p.model_type),
         model_type=p.model_type,
         tokenizer=checked.tokenizer,
         max_length=harness.resolve_max_length(

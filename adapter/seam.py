@@ -1,5 +1,6 @@
 """THE one seam where the adapter patches libraries: `datasets.load_dataset` reads staged
-bundles, lm_eval's git probe is quiet, and its Jinja prompt templates are compiled once.
+bundles, lm_eval's git probe is quiet, its Jinja prompt templates are compiled once, and
+transformers reads its model files once at import.
 
 lm_eval's YAML tasks, its Python tasks and task utils all fetch data with
 `datasets.load_dataset(path, name, ...)`. Offline, that call becomes
@@ -13,6 +14,10 @@ that stderr captured. lm_eval's `utils.apply_template` compiles the task's templ
 anew for every document and field (~0.7 ms each: 0.25 s of start-up before the first request
 on 50 ARC docs, minutes on a full MMLU); `compile_templates_once` renders the same templates
 from a cache of compiled ones. No fork of lm_eval: everything else runs as shipped.
+transformers 5 builds its lazy import table by reading all ~1,700 files under
+transformers/models twice per process (for the package, then for `transformers.models`: its
+cache is keyed by the path as given, a directory then a file, and holds 128 of ~570 dirs);
+`share_models_scan` serves the second from the first (0.27 s of start-up here).
 """
 
 from __future__ import annotations
@@ -140,6 +145,31 @@ def compile_templates_once() -> None:
 
     apply_template._compiled_once = True  # type: ignore[attr-defined]
     lm_eval.utils.apply_template = apply_template
+
+
+def share_models_scan() -> None:
+    """Import transformers with its scan of transformers/models done once (idempotent; a
+    transformers without that scan, or with `transformers.models` already imported, is left
+    as it is)."""
+    import sys
+
+    import transformers.utils.import_utils as iu
+
+    name = "create_import_structure_from_path"
+    scan: Any = getattr(iu, name, None)
+    if "transformers.models" in sys.modules or not hasattr(scan, "cache_info"):
+        return
+
+    def by_dir(module_path: Any) -> Any:
+        # the package's call passed the dir as a Path: the same key finds its cached table
+        path = str(module_path)
+        return scan(Path(os.path.dirname(path)) if os.path.isfile(path) else module_path)
+
+    setattr(iu, name, by_dir)
+    try:
+        import transformers.models  # noqa: F401
+    finally:
+        setattr(iu, name, scan)
 
 
 def uninstall() -> None:

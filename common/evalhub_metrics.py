@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evalhub.models.api import EvaluationResult
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from evalhub.models.api import EvaluationResult
 
 Metrics = dict[str, float]
 
@@ -101,6 +103,8 @@ def evalhub_metrics(results: Mapping[str, Any], benchmark_id: str, tasks: Sequen
 def evaluation_results(metrics: Mapping[str, Any]) -> list[EvaluationResult]:
     """The `results` of eval-hub-sdk's JobResults (its `metrics` on the wire); only finite
     numbers, whatever a status.json holds."""
+    from evalhub.models.api import EvaluationResult  # eval-hub-sdk: at publish, not at start
+
     return [
         EvaluationResult(metric_name=k, metric_value=v)
         for k, raw in metrics.items()

@@ -47,6 +47,9 @@ EVALHUB_JOB_FIELDS = (
     "parameters", "experiment_name", "tags", "callback_url", "exports",
 )  # fmt: skip
 SPEC_FIELDS = (*EVALHUB_JOB_FIELDS, "primary_score")
+# The fields whose values only eval-hub-sdk's parse checks (nested models): a spec that sets
+# them (or model.auth) is parsed by the SDK before `run`'s first request.
+SDK_CHECKED = ("exports", "tags", "primary_score")
 # api.ModelRef's fields (pkg/api/evaluations.go)
 MODEL_FIELDS = ("url", "name", "auth", "parameters", "card_url")
 
@@ -66,11 +69,19 @@ def _integer(value: Any) -> bool:
 
 def check_fields(data: dict[str, Any], source: str = "job spec") -> None:
     """Light (no eval-hub-sdk), before anything else reads the spec: unknown fields with the
-    closest known name, and the values a run would only trip over later."""
+    closest known name, and the values a run would only trip over later. A spec without
+    `SDK_CHECKED` fields or model.auth that passes here passes eval-hub-sdk's strict parse
+    (tests/common/test_jobspec.py holds the two to that), so `run` can leave that parse until
+    after the first request."""
     problems = _unknown("", data, SPEC_FIELDS)
     model = data.get("model")
     if isinstance(model, dict):
         problems += _unknown("model.", model, MODEL_FIELDS)
+        name = model.get("name")
+        if not (isinstance(name, str) and name.strip()):
+            problems.append(f"model.name: must be a non-empty string (got {name!r})")
+        if not isinstance(model.get("url", ""), str):
+            problems.append(f"model.url: must be a string (got {model['url']!r})")
     elif model is not None:
         problems.append("model: must be an object {url, name}")
     n = data.get("num_examples")
@@ -79,14 +90,19 @@ def check_fields(data: dict[str, Any], source: str = "job spec") -> None:
             f"num_examples: must be a positive integer (got {n!r}); leave it out for every "
             "example, or set parameters.limit to a fraction below 1"
         )
-    index = data.get("benchmark_index")
-    if index is not None and not (_integer(index) and index >= 0):
+    index = data.get("benchmark_index", 0)
+    if not (_integer(index) and index >= 0):
         problems.append(f"benchmark_index: must be an integer >= 0 (got {index!r})")
-    for name in ("id", "benchmark_id", "provider_id", "experiment_name"):
-        if name in data and data[name] is not None and not isinstance(data[name], str):
-            problems.append(f"{name}: must be a string (got {data[name]!r})")
+    for name in ("id", "benchmark_id"):
+        if name not in data:
+            problems.append(f"{name}: required")
+    # strings the SDK requires (the bookkeeping ones have STANDALONE_DEFAULTS), then optional
+    for name in ("id", "benchmark_id", "provider_id", "callback_url", "experiment_name"):
+        value = data.get(name, "")
+        if not isinstance(value, str) and not (name == "experiment_name" and value is None):
+            problems.append(f"{name}: must be a string (got {value!r})")
     for name, kind in (("parameters", dict), ("tags", list)):
-        if data.get(name) is not None and not isinstance(data[name], kind):
+        if name in data and not isinstance(data[name], kind):
             what = "an object" if kind is dict else "a list"
             problems.append(f"{name}: must be {what} (got {type(data[name]).__name__})")
     if problems:

@@ -166,6 +166,39 @@ def test_read_only_test_data_works_and_stays_untouched(installed: Path) -> None:
             p.chmod(p.stat().st_mode | 0o200)
 
 
+# Imports transformers as the run's heavy-import thread does (with the seam, or without),
+# then prints how many dirs its model-table scan read and the table transformers.models got.
+SCAN_SCRIPT = """
+import json, os, sys
+import transformers.utils.import_utils as iu
+if sys.argv[1] == "seam":
+    from adapter import seam
+    seam.share_models_scan()
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+import transformers.models as m
+dirs = sum(1 for d, _, _ in os.walk(os.path.dirname(m.__file__)) if "__pycache__" not in d)
+print(json.dumps({"dirs": dirs, "reads": iu.create_import_structure_from_path.cache_info().misses,
+                  "table": sorted(m._class_to_module.items())}))
+"""
+
+
+def _scan(mode: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-c", SCAN_SCRIPT, mode],
+        cwd=REPO, capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+def test_transformers_reads_its_model_files_once_with_the_same_table() -> None:
+    with_seam, without = _scan("seam"), _scan("plain")
+    # each model dir read once (+ the auto subpackage's own ask), where it was twice (0.27 s)
+    assert with_seam["dirs"] <= with_seam["reads"] <= with_seam["dirs"] + 5, with_seam["reads"]
+    assert with_seam["table"] == without["table"]
+    assert len(with_seam["table"]) > 1000
+
+
 def test_templates_are_compiled_once_and_render_as_lm_eval_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.config import merge_overrides, parser, resolve_config
+from adapter.config import MODEL_AUTH_MOUNT, merge_overrides, parser, read_job, resolve_config
 from adapter.parameters import (
     api_base,
     endpoint_url,
@@ -158,3 +158,31 @@ def test_flag_overrides_merge_into_the_spec() -> None:
     assert spec.model.url == "http://m/v1" and spec.model.name == "tiny"
     assert params.tasks == ["arc_easy", "gsm8k"]
     assert (params.max_length, params.tokenizer, params.batch_size) == (512, "/t", 2)
+
+
+@pytest.mark.parametrize(
+    ("change", "first"),
+    [
+        ({}, False),  # a stand-alone spec: eval-hub-sdk waits for publish
+        ({"callback_url": ""}, False),
+        ({"callback_url": "http://localhost:8080"}, True),  # phase events to send
+        ({"model": {"url": "u", "name": "m", "auth": {"secret_ref": "s"}}}, True),  # credentials
+        ({"tags": []}, True),  # values only the SDK's parse checks
+        ({"exports": None}, True),
+        ({"primary_score": {"metric": "acc"}}, True),
+    ],
+)
+def test_the_sdk_comes_first_only_when_the_job_needs_it_there(
+    change: dict[str, object], first: bool, tmp_path: Path
+) -> None:
+    spec = tmp_path / "job.json"
+    base = {"id": "x", "benchmark_id": "arc_easy", "model": {"url": "u", "name": "m"}}
+    spec.write_text(json.dumps(base | change))
+    job = read_job(resolve_config(_args("--job-spec", str(spec)), {}))
+    assert job.sdk_first is (first or MODEL_AUTH_MOUNT.exists())
+
+
+def test_the_model_secret_mount_is_the_sdks() -> None:
+    from evalhub.adapter import auth
+
+    assert auth._MODEL_AUTH_DIR == MODEL_AUTH_MOUNT
