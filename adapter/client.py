@@ -135,7 +135,8 @@ class AdaptiveRequests:
         """lm_eval's own loglikelihood, its two tokenizer calls per request answered from
         batched calls (the same ids: the same strings, the same flags). lm_eval encodes the
         requests in their order: the batches run `TOKENIZE_AHEAD` requests ahead of it and each
-        entry goes at its last use, so the ids are held once (by lm_eval), not twice."""
+        entry goes at its last use, so the ids are held once (by lm_eval), not twice, and a
+        context's ids once for all its continuations."""
         api: Any = self
         if api.tokenizer_backend == "huggingface":
             self._ahead = iter(requests)
@@ -200,8 +201,9 @@ class AdaptiveRequests:
         entry[1] -= 1
         if entry[1] <= 0:  # its last use: lm_eval keeps it, we let go
             del self._memo[string]
-            return entry[0]
-        return list(entry[0])
+        # one list for every request of a context (a question's 4 or 10 choices): lm_eval only
+        # reads the ids it keeps (TemplateAPI._loglikelihood_tokens concatenates, slices)
+        return entry[0]
 
     def tok_encode(self, string: Any, left_truncate_len: int | None = None,
                    add_special_tokens: bool = False, **kwargs: Any) -> Any:  # fmt: skip

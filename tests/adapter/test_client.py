@@ -89,3 +89,15 @@ def test_token_ids_are_lm_evals_and_tokenized_ahead_in_bounded_batches(
     # each token id is one shared int object across all requests (8 bytes a token, not 36)
     ids = [t for ctx, cont in seen["CompletionsLM"] for t in ctx + cont if t > 256]
     assert ids and all(t is ours._ints[t] for t in ids)
+    # and a question's context ids one list for its choices tokenized in one batch (lm_eval
+    # keeps one per request)
+    contexts = [ctx for ctx, _cont in seen["CompletionsLM"]]
+    first = [i - i % 4 for i in range(len(contexts))]  # the question's first choice
+    assert all(contexts[i] is contexts[f] for i, f in enumerate(first) if i // 10 == f // 10)
+    assert len({id(c) for c in contexts}) < len(contexts) / 2
+    # the Rust tokenizer's path (taken once it matched on the first texts) gives the same ids
+    rust = _lm(tiny_tree / "tokenizer", "http://127.0.0.1:9/v1/completions", num_concurrent=1)
+    monkeypatch.setattr(rust, "_loglikelihood_tokens", capture(rust))
+    rust.loglikelihood(reqs)
+    assert rust._rust is True
+    assert seen["CompletionsLM"] == seen["LocalCompletionsAPI"]
