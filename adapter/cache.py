@@ -68,28 +68,29 @@ class RequestCache:
         return decode(row[0])
 
     def put(self, key: str, answer: Any) -> None:
-        if key in self.keys:  # the same request, so the same answer
-            return
-        self.keys.add(key)
-        self._unwritten[key] = answer
-        if self.clock() - self._committed >= COMMIT_EVERY_S:
-            self.write()
-
-    def write(self) -> None:
-        """Write the answers kept since the last write, in one transaction."""
         with self._lock:
-            rows, self._unwritten = self._unwritten, {}
-            self._committed = self.clock()
-            if rows:
-                self._conn.executemany(
-                    f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)',
-                    [(k, encode(v)) for k, v in rows.items()],
-                )
-                self._conn.commit()
+            if key in self.keys:  # the same request, so the same answer
+                return
+            self.keys.add(key)
+            self._unwritten[key] = answer
+            if self.clock() - self._committed >= COMMIT_EVERY_S:
+                self._write()
+
+    def _write(self) -> None:
+        """The answers kept since the last write, in one transaction (the lock held)."""
+        rows, self._unwritten = self._unwritten, {}
+        self._committed = self.clock()
+        if rows:
+            self._conn.executemany(
+                f'REPLACE INTO "{TABLE}" (key, value) VALUES (?, ?)',
+                [(k, encode(v)) for k, v in rows.items()],
+            )
+            self._conn.commit()
 
     def close(self) -> None:
-        self.write()
-        self._conn.close()
+        with self._lock:
+            self._write()
+            self._conn.close()
 
 
 class _Writer(CacheHook):
