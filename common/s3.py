@@ -229,6 +229,7 @@ class Boto3Storage:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="s3")
         futures = [pool.submit(run, c) for c in copies]
         errors: list[AirgapError] = []
+        timed_out = False
         try:
             for fut in as_completed(futures, timeout=deadline.remaining()):
                 try:
@@ -242,12 +243,15 @@ class Boto3Storage:
                     f"{doing} {s3_uri(self.bucket)} stopped", "rerun: finished files are kept"
                 )
         except FuturesTimeout:
+            timed_out = True
             raise deadline.error(f"{doing} {s3_uri(self.bucket)}") from None
         finally:
-            # Running transfers stop at their next chunk; read timeouts bound a stalled one.
+            # Running transfers stop at their next chunk. They are waited for (a failed one
+            # must not leave others writing while the caller cleans up: a full disk's partial
+            # dir), except past the deadline, where a stalled read would hold the exit.
             cancel.set()
             self._cancels.discard(cancel)
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=not timed_out, cancel_futures=True)
         if errors:
             raise worst(errors, len(copies))
 

@@ -106,7 +106,10 @@ class Sync:
         except BaseException as e:
             storage.stop()  # a copy still running (SIGTERM, a failed check) ends with us
             if isinstance(e, NoSpaceError) or getattr(e, "errno", None) == errno.ENOSPC:
-                # Partial files would keep the disk full: none stays, from either engine.
+                # Partial files would keep the disk full: none stays, from either engine. The
+                # whole-folder copy's transfers end first (else they write on after the rmtree).
+                if self.start.copy is not None:
+                    self.start.copy.stop()
                 shutil.rmtree(partial_root(cfg.dest), ignore_errors=True)
                 raise self._no_space(plan, e) from None
             raise
