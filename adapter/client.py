@@ -79,7 +79,7 @@ def load(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return load(raw)
+        return json.loads(raw)
 
 
 def cut_at(text: str, stops: list[str]) -> str:

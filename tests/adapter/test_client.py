@@ -101,3 +101,20 @@ def test_token_ids_are_lm_evals_and_tokenized_ahead_in_bounded_batches(
     rust.loglikelihood(reqs)
     assert rust._rust is True
     assert seen["CompletionsLM"] == seen["LocalCompletionsAPI"]
+
+
+def test_answers_orjson_refuses_are_parsed_as_python_does() -> None:
+    """A server that writes NaN or -Infinity logprobs (Python's json does) is still read; a
+    broken answer is the JSONDecodeError the request loop retries on."""
+    import json
+    import math
+
+    assert client.load(b'{"lp": [-Infinity, 0.5]}') == {"lp": [-math.inf, 0.5]}
+    assert math.isnan(client.load(b"[NaN]")[0])
+    assert client.load(b'{"a": 1}') == {"a": 1}
+    with pytest.raises(json.JSONDecodeError):
+        client.load(b'{"choices": [')
+    assert json.loads(client.dump({"prompt": [[1, 2]], "seed": 1234})) == {
+        "prompt": [[1, 2]],
+        "seed": 1234,
+    }
